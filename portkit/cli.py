@@ -1,0 +1,57 @@
+"""`portkit` command line. Each command lives in its own module exposing
+`configure(parser)` and `main(args) -> int`; this file only lists them."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {  # name -> (module, one-line help)
+    "doctor": ("portkit.doctor", "explain this machine: backends, devices, frameworks, patches, ops, plugin errors"),
+    "run": ("portkit.models.runner", "run a training recipe (SFT, reward model, PPO) on the best backend"),
+    "compare": ("portkit.models.compare", "compare two runs of the same recipe step by step, with a verdict"),
+    "bench": ("portkit.bench", "benchmark fused ops or training against native PyTorch on this device"),
+    "tune": ("portkit.tuning.cli", "plan, apply, verify, roll back and export OS/TCP/communication tuning"),
+    "launch": ("portkit.launch", "launch a recipe over several processes or nodes through torchrun"),
+    "plan": ("portkit.plan", "plan parallel layouts and training time of a GPT on a cluster"),
+    "new-backend": ("portkit.vendorkit", "scaffold an installable backend plugin package"),
+    "conformance": ("portkit.conformance", "certify an installed backend: contract, ops, collectives, frameworks"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="portkit",
+        description="Run one training recipe unchanged on CUDA, ROCm/DCU, NPU, MLU, XPU or CPU.",
+        epilog="Start with `portkit doctor`, then `portkit run models/recipes/default.yaml`. "
+               "`portkit COMMAND --help` explains each command.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(_module=module)
+        mod = _load(module)
+        if mod is not None:
+            mod.configure(sp)
+    return p
+
+
+def _load(module: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    mod = _load(args._module)
+    if mod is None:
+        print(f"portkit {args.command}: not available in this build ({args._module} is missing)", file=sys.stderr)
+        return 2
+    return mod.main(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Op registry: op name -> implementations by priority, each with where it runs.
+
+Dispatch takes the highest-priority implementation whose predicate holds on the active
+backend, else the torch reference, which is always present and is the numerical oracle.
+`PORTKIT_OPS=reference` forces the references everywhere (A/B runs); a recipe sets the
+same through `set_mode`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from portkit import runtime
+from portkit.backend import Backend
+
+MODE_ENV = "PORTKIT_OPS"
+MODES = ("auto", "reference")
+
+
+@dataclass(frozen=True)
+class OpImpl:
+    op: str
+    fn: Callable
+    predicate: Callable[[Backend], bool]  # does this implementation run on that backend?
+    priority: int = 0
+    name: str = "custom"
+
+
+_references: dict[str, Callable] = {}
+_impls: dict[str, list[OpImpl]] = {}
+_cache: dict[tuple[str, str], Callable] = {}
+_plugins_loaded = False
+_mode: str | None = None
+
+
+def reference(op: str):
+    """Decorator: the torch reference of `op` (one per op)."""
+    def wrap(fn: Callable) -> Callable:
+        if op in _references:
+            raise ValueError(f"op {op!r} already has a reference: {_references[op].__qualname__}")
+        _references[op] = fn
+        return fn
+    return wrap
+
+
+def register(impl: OpImpl) -> None:
+    if impl.op not in _references:
+        raise ValueError(f"cannot register {impl.name!r} for unknown op {impl.op!r}; "
+                         f"known ops: {', '.join(sorted(_references))}")
+    clash = [i for i in _impls.get(impl.op, []) if i.name == impl.name]
+    if clash:
+        raise ValueError(f"op {impl.op!r} already has an implementation named {impl.name!r}; rename one")
+    _impls.setdefault(impl.op, []).append(impl)
+    _impls[impl.op].sort(key=lambda i: -i.priority)
+    _cache.clear()
+
+
+def set_mode(mode: str | None) -> None:
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"ops mode {mode!r} is not one of {', '.join(MODES)}")
+    global _mode
+    _mode = mode
+    _cache.clear()
+
+
+def mode() -> str:
+    m = _mode or os.environ.get(MODE_ENV, "auto")
+    if m not in MODES:
+        raise ValueError(f"{MODE_ENV}={m!r} is not one of {', '.join(MODES)}")
+    return m
+
+
+def _load_plugin_ops() -> None:
+    global _plugins_loaded
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        for _, impl in runtime.plugins().call_flat("portkit_register_ops"):
+            register(impl)
+
+
+def choose(op: str, backend: Backend | None = None) -> OpImpl | None:
+    """The implementation dispatch would take on `backend` (None means the reference)."""
+    _load_plugin_ops()
+    if op not in _references:
+        raise KeyError(f"unknown op {op!r}; known ops: {', '.join(sorted(_references))}")
+    if mode() == "reference":
+        return None
+    backend = backend or runtime.active()
+    return next((i for i in _impls.get(op, []) if i.predicate(backend)), None)
+
+
+def dispatch(op: str) -> Callable:
+    """The callable for `op` on the active backend, cached per (op, backend)."""
+    key = (op, runtime.active().name + ":" + mode())
+    fn = _cache.get(key)
+    if fn is None:
+        impl = choose(op)
+        fn = _cache[key] = impl.fn if impl else _references[op]
+    return fn
+
+
+def table(backend: Backend | None = None) -> list[dict]:
+    """For `portkit doctor`: each op, its implementations and which one dispatch picks."""
+    rows = []
+    for op in sorted(_references):
+        chosen = choose(op, backend)
+        rows.append({"op": op, "implementations": [i.name for i in _impls.get(op, [])] + ["reference"],
+                     "selected": chosen.name if chosen else "reference"})
+    return rows

@@ -1,0 +1,125 @@
+"""The active backend and the device-neutral calls everything else uses.
+
+Selection: an explicit name (argument, recipe key, or PORTKIT_BACKEND), else the
+available backend with the highest priority. Resolved lazily on first use, so plugins
+can import portkit's base classes before any backend is chosen.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from portkit.backend import Backend, Capabilities
+from portkit.plugins import Plugins, discover
+
+BACKEND_ENV = "PORTKIT_BACKEND"
+
+_plugins: Plugins | None = None
+_backends: dict[str, Backend] | None = None
+_active: Backend | None = None
+
+
+class BackendError(RuntimeError):
+    pass
+
+
+def plugins() -> Plugins:
+    global _plugins
+    if _plugins is None:
+        _plugins = discover()
+    return _plugins
+
+
+def backends() -> dict[str, Backend]:
+    """All registered backends by name (instances; availability not yet probed)."""
+    global _backends
+    if _backends is None:
+        _backends = _collect(plugins())
+    return _backends
+
+
+def _collect(p: Plugins) -> dict[str, Backend]:
+    found: dict[str, Backend] = {}
+    owner: dict[str, str] = {}
+    for plugin, cls in p.call_flat("portkit_register_backends"):
+        name = getattr(cls, "name", "")
+        if not isinstance(cls, type) or not issubclass(cls, Backend) or not name:
+            p.errors.append(_error(plugin, f"{cls!r} is not a named portkit.Backend subclass"))
+        elif name in found:
+            p.errors.append(_error(plugin, f"backend name {name!r} is already registered by plugin "
+                                           f"{owner[name]!r}; rename one of them"))
+        else:
+            found[name], owner[name] = cls(), plugin
+    return found
+
+
+def _error(plugin: str, reason: str):
+    from portkit.plugins import PluginError
+    return PluginError(plugin, "portkit_register_backends", reason)
+
+
+def select(name: str | None = None) -> Backend:
+    """Choose and set up the active backend. An unknown or unavailable name is an error."""
+    global _active
+    name = name or os.environ.get(BACKEND_ENV) or None
+    known = backends()
+    if name is not None:
+        if name not in known:
+            raise BackendError(f"unknown backend {name!r}; installed: {', '.join(sorted(known))}")
+        reason = known[name].probe()
+        if reason is not None:
+            raise BackendError(f"backend {name!r} is not available here: {reason}")
+        chosen = known[name]
+    else:
+        ready = [b for b in known.values() if b.probe() is None]
+        if not ready:
+            raise BackendError("no backend is available; run `portkit doctor` to see why")
+        chosen = max(ready, key=lambda b: b.priority)
+    if chosen is not _active:
+        chosen.setup()
+        _active = chosen
+    return chosen
+
+
+def active() -> Backend:
+    return _active if _active is not None else select()
+
+
+def reset() -> None:
+    """Forget discovery and the active backend (tests, or after installing a plugin)."""
+    global _plugins, _backends, _active
+    _plugins = _backends = _active = None
+
+
+# -- the device-neutral API -----------------------------------------------------------
+def device(index: int | None = None) -> torch.device:
+    return active().device(index)
+
+
+def dist_backend() -> str:
+    return active().dist_backend
+
+
+def device_count() -> int:
+    return active().device_count()
+
+
+def synchronize() -> None:
+    active().synchronize()
+
+
+def memory_stats() -> dict[str, int]:
+    return active().memory_stats()
+
+
+def manual_seed(seed: int) -> None:
+    active().manual_seed(seed)
+
+
+def capabilities() -> Capabilities:
+    return active().capabilities()
+
+
+def peak_bf16_tflops() -> float | None:
+    return active().peak_bf16_tflops()

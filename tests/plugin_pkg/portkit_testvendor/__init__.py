@@ -1,0 +1,1 @@
+from portkit.backends.cpu import CPUBackend
