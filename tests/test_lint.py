@@ -1,0 +1,38 @@
+"""Portability lint: torch.cuda is called only inside backends/ and patches/.
+
+Everywhere else the device-neutral API answers (portkit.device(), portkit.synchronize(),
+portkit.memory_stats(), portkit.manual_seed(), the backend's `module`). A line that truly
+needs torch.cuda carries the escape comment `# portkit: allow-cuda` with its reason.
+"""
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKED = ["portkit", "models", "tuning"]
+ESCAPE = "# portkit: allow-cuda"
+
+
+def offending_lines(folder: Path) -> list[str]:
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        for no, line in enumerate(path.read_text().splitlines(), 1):
+            if "torch.cuda" in line and ESCAPE not in line:
+                found.append(f"{path.relative_to(ROOT)}:{no}: {line.strip()}")
+    return found
+
+
+def test_no_torch_cuda_outside_backends_and_patches():
+    found = [line for name in CHECKED for line in offending_lines(ROOT / name)]
+    assert not found, ("torch.cuda used outside backends/ and patches/; use portkit.device(), "
+                       "portkit.synchronize(), portkit.memory_stats() or portkit.backend().module "
+                       f"instead, or add '{ESCAPE}' with a reason:\n" + "\n".join(found))
+
+
+def test_lint_catches_a_planted_call(tmp_path):
+    (tmp_path / "bad.py").write_text("import torch\nx = torch.cuda.current_device()\n")
+    (tmp_path / "ok.py").write_text(f"y = 'torch.cuda'  {ESCAPE} names the module in a message\n")
+    global ROOT
+    saved, ROOT = ROOT, tmp_path
+    try:
+        assert offending_lines(tmp_path) == ["bad.py:2: x = torch.cuda.current_device()"]
+    finally:
+        ROOT = saved
