@@ -4,6 +4,8 @@ A Patch names the framework distribution and the version range it was tested on,
 module it changes, and apply/undo functions taking that module. `enable(framework)`
 applies every patch of that framework: at once when its module is imported, else when
 it is imported later. Outside the tested range a patch refuses with the version and range.
+A patch may gate on another distribution than the framework it serves (`gate`: the apex
+shim gates on torch) and may say it is not needed here (`needed`: state 'skipped', with why).
 """
 from __future__ import annotations
 
@@ -33,7 +35,9 @@ class Patch:
     description: str               # one line for `portkit doctor`
     apply: Callable[[Any], None]   # apply(module)
     undo: Callable[[Any], None]    # undo(module)
-    state: str = "registered"      # registered | pending | applied | refused | failed | undone
+    gate: str = ""                 # distribution whose version `versions` gates; default framework
+    needed: Callable[[], str | None] | None = None  # None when needed here, else why skipped
+    state: str = "registered"      # registered | pending | applied | skipped | refused | failed | undone
     reason: str = ""
 
 
@@ -74,11 +78,12 @@ def framework_version(framework: str) -> str | None:
 
 def check_version(patch: Patch) -> str | None:
     """None when the installed framework is in the patch's tested range, else why not."""
-    found = framework_version(patch.framework)
+    dist = patch.gate or patch.framework
+    found = framework_version(dist)
     if found is None:
-        return f"{patch.framework} is not installed"
+        return f"{dist} is not installed"
     if Version(found) not in SpecifierSet(patch.versions):
-        return (f"{patch.framework} {found} is outside the tested range {patch.versions} "
+        return (f"{dist} {found} is outside the tested range {patch.versions} "
                 f"of patch {patch.name!r}; install a version in that range or update the patch")
     return None
 
@@ -94,6 +99,10 @@ def enable(framework: str, strict: bool = True) -> list[Patch]:
             patch.state, patch.reason = "refused", reason
             if strict:
                 raise PatchError(reason)
+            continue
+        skip = patch.needed() if patch.needed is not None else None
+        if skip is not None:
+            patch.state, patch.reason = "skipped", skip
             continue
         if patch.target in sys.modules:
             _apply(patch, sys.modules[patch.target])
