@@ -1,0 +1,231 @@
+"""`portkit doctor`: explain this machine.
+
+Every registered backend (available, or why not), which one would be selected, the
+installed frameworks (read from package metadata, never imported), every patch with its
+state, the op table, the plugins' own checks, and the plugins that failed to load.
+`--json` prints the same report as one JSON object for scripts.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from typing import Any
+
+from portkit import runtime
+from portkit.backend import Backend
+
+# distribution -> module it installs; versions come from metadata, nothing is imported.
+FRAMEWORKS = {"torch": "torch", "deepspeed": "deepspeed", "colossalai": "colossalai",
+              "megatron-core": "megatron.core", "apex": "apex", "triton": "triton",
+              "torch-npu": "torch_npu", "torch-mlu": "torch_mlu", "transformers": "transformers"}
+KEYS = ("backends", "selected", "frameworks", "patches", "ops", "checks", "plugin_errors")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument("--backend", metavar="NAME",
+                        help="report on this backend as the selected one (as PORTKIT_BACKEND=NAME would)")
+
+
+def main(args: argparse.Namespace) -> int:
+    report = collect(args.backend)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        render(report)
+    return 0
+
+
+def collect(name: str | None = None) -> dict[str, Any]:
+    """The whole report as plain data (JSON-serialisable)."""
+    backends = [describe(b) for b in runtime.backends().values()]
+    selected, chosen = selection(name)
+    report = {"backends": backends, "selected": selected, "frameworks": frameworks(),
+              "patches": patches(), "ops": ops(chosen), "checks": checks(chosen)}
+    report["plugin_errors"] = [dataclasses.asdict(e) for e in runtime.plugins().errors]
+    return report
+
+
+def describe(backend: Backend) -> dict[str, Any]:
+    try:
+        return backend.describe()
+    except Exception as e:  # a backend that cannot describe itself is reported, not fatal
+        return {"name": backend.name, "available": False,
+                "reason": f"describe() raised {type(e).__name__}: {e}"}
+
+
+def selection(name: str | None) -> tuple[dict[str, Any], Backend | None]:
+    """Which backend would run, and how it was chosen; an impossible choice is shown, not raised."""
+    if name:
+        how = "--backend"
+    elif os.environ.get(runtime.BACKEND_ENV):
+        how = runtime.BACKEND_ENV
+    else:
+        how = "highest priority available"
+    try:
+        chosen = runtime.select(name)
+    except runtime.BackendError as e:
+        return {"name": None, "how": how, "error": str(e)}, None
+    return {"name": chosen.name, "how": how, "error": None}, chosen
+
+
+def frameworks() -> dict[str, dict[str, Any]]:
+    import importlib.metadata
+    import importlib.util
+    found = {}
+    for dist, module in FRAMEWORKS.items():
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            version = None
+        top = module.split(".")[0]
+        found[dist] = {"version": version, "module": module,
+                       "importable": importlib.util.find_spec(top) is not None}
+    return found
+
+
+def patches() -> list[dict[str, Any]]:
+    from portkit import patching
+    try:
+        registered = patching.all_patches()
+    except patching.PatchError as e:  # e.g. two plugins registering the same patch name
+        return [{"name": "(registration)", "framework": "-", "versions": "-", "installed": None, "target": "-",
+                 "state": "failed", "reason": str(e), "description": "patch registration failed"}]
+    rows = []
+    for p in registered:
+        rows.append({"name": p.name, "framework": p.framework, "versions": p.versions,
+                     "installed": patching.framework_version(p.framework), "target": p.target,
+                     "state": p.state, "reason": p.reason or patching.check_version(p) or "",
+                     "description": p.description})
+    return rows
+
+
+def ops(backend: Backend | None) -> dict[str, Any]:
+    """The op table on `backend`; {'built': False} when this build has no ops package."""
+    try:
+        import portkit.ops  # noqa: F401  (defines the op references)
+        from portkit.ops import registry
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("portkit.ops"):
+            raise
+        return {"built": False, "table": [], "error": "ops: not built"}
+    if backend is None:
+        return {"built": True, "table": [], "error": "no backend selected"}
+    try:
+        return {"built": True, "table": registry.table(backend), "error": None}
+    except Exception as e:  # e.g. a plugin's predicate raising: shown in the report
+        return {"built": True, "table": [], "error": f"{type(e).__name__}: {e}"}
+
+
+def checks(backend: Backend | None) -> list[dict[str, Any]]:
+    rows = []
+    for plugin, item in runtime.plugins().call_flat("portkit_doctor_checks", backend=backend):
+        if not (isinstance(item, dict) and {"name", "ok", "detail"} <= item.keys()):
+            item = {"name": "malformed check", "ok": False,
+                    "detail": f"expected a dict with name, ok, detail; got {item!r}"}
+        rows.append({"plugin": plugin, "name": str(item["name"]), "ok": bool(item["ok"]),
+                     "detail": str(item["detail"])})
+    return rows
+
+
+# -- rendering ------------------------------------------------------------------------
+def render(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    console = Console()
+    console.print(backends_table(report["backends"]))
+    console.print(unavailable_lines(report["backends"]))
+    for info in report["backends"]:
+        if info.get("available"):
+            console.print(details_table(info))
+    sel = report["selected"]
+    console.print(f"[bold]selected:[/] {sel['name']} ({sel['how']})" if sel["name"]
+                  else f"[bold red]selected: none[/] ({sel['how']}): {sel['error']}")
+    for title, table in (("frameworks", frameworks_table(report["frameworks"])),
+                         ("patches", patches_table(report["patches"])),
+                         ("ops", ops_table(report["ops"])),
+                         ("checks", checks_table(report["checks"])),
+                         ("plugin errors", errors_table(report["plugin_errors"]))):
+        console.print(table if table is not None else f"[bold]{title}:[/] none")
+
+
+def _table(title: str, *columns: str):
+    from rich.table import Table
+    table = Table(title=title, title_justify="left")
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    return table
+
+
+def backends_table(rows: list[dict[str, Any]]):
+    t = _table("backends", "name", "available", "devices", "dist", "visible env", "SMI", "priority")
+    for b in rows:
+        devices = f"{b['device_count']} x {', '.join(sorted(set(b['devices'])))}" if b.get("devices") else "-"
+        smi = f"{b.get('smi_tool') or '-'} ({'found' if b.get('smi_found') else 'absent'})"
+        t.add_row(b["name"], "[green]yes[/]" if b["available"] else "[red]no[/]", devices,
+                  b.get("dist_backend", "?"), b.get("visible_devices_env") or "-", smi, str(b.get("priority", "?")))
+    return t
+
+
+def unavailable_lines(rows: list[dict[str, Any]]) -> str:
+    return "\n".join(f"  [bold]{b['name']}[/] is not available: {b['reason']}" for b in rows if not b["available"])
+
+
+def details_table(info: dict[str, Any]):
+    t = _table(f"backend {info['name']}", "field", "value")
+    caps = [k for k, v in (info.get("capabilities") or {}).items() if v]
+    t.add_row("versions", ", ".join(f"{k} {v}" for k, v in (info.get("versions") or {}).items()))
+    t.add_row("capabilities", ", ".join(caps) or "-")
+    t.add_row("peak bf16 TFLOP/s", str(info.get("peak_bf16_tflops")))
+    extra = {k: v for k, v in info.items() if k not in _SHOWN}
+    for key, value in extra.items():
+        t.add_row(key, json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value))
+    return t
+
+
+_SHOWN = {"name", "available", "reason", "device_type", "dist_backend", "priority", "visible_devices_env",
+          "smi_tool", "smi_found", "device_count", "devices", "versions", "capabilities", "peak_bf16_tflops"}
+
+
+def frameworks_table(found: dict[str, dict[str, Any]]):
+    t = _table("frameworks", "distribution", "version", "module")
+    for dist, f in found.items():
+        t.add_row(dist, f["version"] or "[dim]not installed[/]", f["module"])
+    return t
+
+
+def patches_table(rows: list[dict[str, Any]]):
+    if not rows:
+        return None
+    t = _table("patches", "name", "framework (tested; installed)", "state", "reason")
+    for p in rows:
+        t.add_row(p["name"], f"{p['framework']} ({p['versions']}; {p['installed'] or 'absent'})", p["state"], p["reason"])
+    return t
+
+
+def ops_table(ops_: dict[str, Any]):
+    if not ops_["built"] or not ops_["table"]:
+        return None if ops_["error"] is None else f"[bold]ops:[/] {ops_['error']}"
+    t = _table("ops", "op", "selected", "implementations")
+    for row in ops_["table"]:
+        t.add_row(row["op"], row["selected"], ", ".join(row["implementations"]))
+    return t
+
+
+def checks_table(rows: list[dict[str, Any]]):
+    if not rows:
+        return None
+    t = _table("checks", "plugin", "check", "ok", "detail")
+    for c in rows:
+        t.add_row(c["plugin"], c["name"], "[green]ok[/]" if c["ok"] else "[red]FAIL[/]", c["detail"])
+    return t
+
+
+def errors_table(rows: list[dict[str, Any]]):
+    if not rows:
+        return None
+    t = _table("plugin errors", "plugin", "stage", "reason")
+    for e in rows:
+        t.add_row(e["plugin"], e["stage"], e["reason"])
+    return t
