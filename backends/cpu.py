@@ -9,6 +9,16 @@ from portkit.backend import Backend, Capabilities
 from portkit.hookspecs import hookimpl
 
 
+def cpu_model() -> str:
+    """The processor's name from /proc/cpuinfo (Linux), else what the platform module knows."""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 class CPUBackend(Backend):
     name = "cpu"
     device_type = "cpu"
@@ -19,7 +29,7 @@ class CPUBackend(Backend):
         return None
 
     def device_name(self, index=0):
-        return platform.processor() or platform.machine()
+        return cpu_model()
 
     def synchronize(self):
         pass

@@ -205,7 +205,9 @@ def patches_table(rows: list[dict[str, Any]]):
 
 
 def ops_table(ops_: dict[str, Any]):
-    if not ops_["built"] or not ops_["table"]:
+    if not ops_["built"]:
+        return ops_["error"]  # "ops: not built"
+    if not ops_["table"]:
         return None if ops_["error"] is None else f"[bold]ops:[/] {ops_['error']}"
     t = _table("ops", "op", "selected", "implementations")
     for row in ops_["table"]:

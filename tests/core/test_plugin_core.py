@@ -1,4 +1,5 @@
 """Plugin discovery, backend selection and `portkit doctor`, against real entry points."""
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -36,6 +37,13 @@ def backend_source(name, priority=0, reason=None):
 
 def errors_by_plugin():
     return {e.plugin: e for e in runtime.plugins().errors}
+
+
+def installed_version(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def clean_env():
@@ -158,7 +166,8 @@ print(json.dumps({{"import": after_import, "doctor": heavy(), "found": found}}))
 """
     out = json.loads(run("-c", code))
     assert out["import"] == [] and out["doctor"] == []
-    assert out["found"]["deepspeed"]["version"]  # read from metadata although never imported
+    for dist in ("deepspeed", "colossalai", "megatron-core"):  # read from metadata although never imported
+        assert out["found"][dist]["version"] == installed_version(dist)
 
 
 def test_doctor_json_in_subprocess_lists_every_backend():
@@ -192,6 +201,7 @@ def test_doctor_reports_impossible_selection_and_exits_zero(fresh_runtime, capsy
 def test_doctor_without_ops_package_says_not_built(fresh_runtime, monkeypatch):
     monkeypatch.setitem(sys.modules, "portkit.ops", None)  # import portkit.ops now raises ModuleNotFoundError
     assert doctor.ops(runtime.select("cpu")) == {"built": False, "table": [], "error": "ops: not built"}
+    assert doctor.ops_table(doctor.ops(runtime.select("cpu"))) == "ops: not built"
 
 
 def test_doctor_lists_every_registered_patch(fresh_runtime):
