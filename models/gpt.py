@@ -1,0 +1,235 @@
+"""A GPT at nanoGPT scale, built on portkit's fused ops.
+
+One config; LayerNorm or RMSNorm, learned or rotary positions, GELU or SwiGLU MLP; a
+language-model head tied to the token embedding (its loss goes through
+linear_cross_entropy, so full logits are never built in training) or a scalar head for
+reward and value models on the same trunk; a KV cache for generation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from portkit.models import _ops as ops
+
+
+@dataclass(kw_only=True, slots=True)
+class GPTConfig:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64          # longest sequence (prompt + response) the model sees
+    vocab_size: int = 264         # byte tokenizer: 256 bytes + specials, rounded up to a multiple of 8
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    pos: Literal["learned", "rotary"] = "learned"
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    bias: bool = True             # biases in Linear and LayerNorm (GPT-2 has them)
+    dropout: float = 0.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.pos == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"rotary needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}")
+        for key, allowed in (("norm", ("layernorm", "rmsnorm")), ("pos", ("learned", "rotary")),
+                             ("mlp", ("gelu", "swiglu"))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+class Norm(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.kind, self.eps = cfg.norm, cfg.norm_eps
+        self.weight = nn.Parameter(torch.ones(cfg.n_embd))
+        self.bias = nn.Parameter(torch.zeros(cfg.n_embd)) if cfg.bias and cfg.norm == "layernorm" else None
+
+    def forward(self, x):
+        if self.kind == "rmsnorm":
+            return ops.rms_norm(x, self.weight, self.eps)
+        return ops.layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.head_dim, self.dropout = cfg.head_dim, cfg.dropout
+        # q, k, v interleaved per head (nh, 3, hs), so a column split keeps whole heads
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+
+    def forward(self, x, rope, mask, cache):
+        B, T, _ = x.shape
+        qkv = self.c_attn(x)
+        nh = qkv.shape[-1] // (3 * self.head_dim)  # local heads: fewer under tensor parallelism
+        q, k, v = qkv.view(B, T, nh, 3, self.head_dim).permute(3, 0, 2, 1, 4)  # each (B, nh, T, hs)
+        if rope is not None:
+            q, k = ops.rotary(q, *rope), ops.rotary(k, *rope)
+        if cache is not None:
+            if cache.get("k") is not None:
+                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)  # (B, nh, Tk, hs)
+            cache["k"], cache["v"] = k, v
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, nh * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.kind = cfg.mlp
+        hidden = 4 * cfg.n_embd if cfg.mlp == "gelu" else 16 * math.ceil(8 * cfg.n_embd / 3 / 16)
+        width = hidden if cfg.mlp == "gelu" else 2 * hidden  # swiglu packs [gate | up]
+        self.c_fc = nn.Linear(cfg.n_embd, width, bias=cfg.bias and cfg.mlp == "gelu")
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        if self.kind == "gelu":  # the bias is added inside the fused bias_gelu
+            h = ops.bias_gelu(F.linear(x, self.c_fc.weight), self.c_fc.bias)
+        else:
+            h = ops.swiglu(self.c_fc(x))
+        return self.drop(self.c_proj(h))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1, self.attn, self.ln_2, self.mlp = Norm(cfg), Attention(cfg), Norm(cfg), MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope, mask, cache):
+        x = x + self.drop(self.attn(self.ln_1(x), rope, mask, cache))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """head="lm": next-token model; head="scalar": one number per position (reward, value)."""
+
+    def __init__(self, cfg: GPTConfig, head: Literal["lm", "scalar"] = "lm"):
+        super().__init__()
+        if head not in ("lm", "scalar"):
+            raise ValueError(f"head must be 'lm' or 'scalar', got {head!r}")
+        self.cfg, self.head = cfg, head
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = Norm(cfg)
+        self.score = nn.Linear(cfg.n_embd, 1) if head == "scalar" else None
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2: scaled init of residual projections
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def trunk(self, idx, valid=None, cache=None, start=0):
+        """Hidden states (B, T, C). valid (B, Tk) marks real tokens (left padding is False),
+        Tk = start + T; cache is a list of per-layer dicts filled during generation."""
+        B, T = idx.shape
+        if start + T > self.cfg.block_size:
+            raise ValueError(f"cannot run a sequence of length {start + T}, block size is only {self.cfg.block_size}")
+        x = self.wte(idx)  # (B, T, C)
+        mask = None if valid is None and cache is None else _attn_mask(valid, B, T, start, idx.device)
+        if self.wpe is not None:
+            pos = _positions(valid, B, T, start, idx.device)  # (B, T)
+            x = x + self.wpe(pos)
+        rope = None
+        if self.cfg.pos == "rotary":  # relative: column indices serve for left-padded rows too
+            cos, sin = ops.rotary_tables(start + T, self.cfg.head_dim, device=idx.device)
+            rope = (cos[start:], sin[start:])
+        x = self.drop(x)
+        for i, block in enumerate(self.h):
+            x = block(x, rope, mask, None if cache is None else cache[i])
+        return self.ln_f(x)
+
+    def forward(self, idx, targets=None, valid=None, reduction="mean"):
+        """lm head: the loss of predicting `targets` (B, T) (-100 = ignored), or with
+        reduction="none" the per-token negative log-likelihood (B, T); scalar head: (B, T)."""
+        h = self.trunk(idx, valid)
+        if self.head == "scalar":
+            return self.score(h).squeeze(-1)
+        if targets is None:
+            raise ValueError("the lm head needs targets; use logits() for the next-token distribution")
+        loss = ops.linear_cross_entropy(h.flatten(0, 1), self.wte.weight, targets.flatten(), reduction=reduction)
+        return loss.view(targets.shape) if reduction == "none" else loss
+
+    def logits(self, h):  # (B, C) -> (B, V): only ever for the last position
+        return F.linear(h, self.wte.weight).float()
+
+    @torch.no_grad()
+    def generate(self, idx, valid, max_new_tokens, eos_id, pad_id, temperature=1.0, top_k=0, generator=None):
+        """Sample continuations with a KV cache. idx (B, T) left-padded prompts, valid (B, T).
+        Returns tokens (B, T + n) and valid (B, T + n); after eos a row gets pad, valid False."""
+        B, T = idx.shape
+        cache = [{} for _ in self.h]
+        h = self.trunk(idx, valid, cache, 0)[:, -1]
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        for t in range(max_new_tokens):
+            nxt = _sample(self.logits(h), temperature, top_k, generator)  # (B,)
+            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+            idx, valid = torch.cat([idx, nxt[:, None]], 1), torch.cat([valid, ~done[:, None]], 1)
+            done = done | (nxt == eos_id)
+            if bool(done.all()) or t == max_new_tokens - 1:
+                break
+            h = self.trunk(nxt[:, None], valid, cache, T + t)[:, -1]
+        return idx, valid
+
+
+def _attn_mask(valid, B, T, start, device):
+    """(B, 1, T, Tk) bool, True = attend: causal, real keys only, and always itself."""
+    Tk = start + T
+    q = torch.arange(start, Tk, device=device)[:, None]
+    k = torch.arange(Tk, device=device)[None, :]
+    mask = (k <= q)[None, None]  # (1, 1, T, Tk)
+    if valid is not None:
+        mask = mask & valid[:, None, None, :Tk]
+    return mask | (k == q)[None, None]
+
+
+def _positions(valid, B, T, start, device):
+    if valid is None:
+        return torch.arange(start, start + T, device=device).expand(B, T)
+    pos = valid.long().cumsum(1) - 1  # left padding: the first real token is at position 0
+    return pos[:, start:start + T].clamp(min=0)
+
+
+def _sample(logits, temperature, top_k, generator):
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, -1), 1, generator=generator).squeeze(-1)
+
+
+def sequence_logprobs(model, idx, valid, n_prompt):
+    """Log-probabilities (B, T - n_prompt) of the tokens after the prompt, under `model`."""
+    targets = idx[:, 1:].masked_fill(~valid[:, 1:], -100)
+    nll = model(idx[:, :-1], targets, valid[:, :-1], reduction="none")  # (B, T-1)
+    return -nll[:, n_prompt - 1:]

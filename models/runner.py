@@ -1,0 +1,281 @@
+"""`portkit run RECIPE.yaml [--backend NAME] [--resume] [--out DIR] [--quiet]`
+
+Loads and validates the recipe, selects the backend (--backend > recipe `backend:` >
+PORTKIT_BACKEND > auto), sets the ops mode, starts the strategy (under torchrun: one
+process per device, process group on portkit.dist_backend()), runs the stages with
+checkpoints, and writes DIR/metrics.jsonl, DIR/report.md, DIR/report.json and DIR/*.png.
+PORTKIT_KILL_AFTER_STEPS=N ends the process abruptly after N steps (to test --resume).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import portkit
+from portkit.config import ConfigError
+from portkit.models import data as D
+from portkit.models import recipe as R
+from portkit.models import strategies
+from portkit.models._ops import FusedAdamW
+from portkit.models.checkpoint import CheckpointError, Checkpoints
+from portkit.models.data import DataError
+from portkit.models.gpt import GPT
+from portkit.models.hf import load_gpt2, read_config
+from portkit.models.progress import Progress
+from portkit.models.tokenizer import ByteTokenizer, GPT2BPE
+
+KILL_ENV = "PORTKIT_KILL_AFTER_STEPS"
+
+
+class Rng:
+    """A stage's random streams: one on the CPU (data order), one on the device (sampling)."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.cpu = torch.Generator().manual_seed(seed)
+        self.dev = self.cpu if device.type == "cpu" else torch.Generator(device).manual_seed(seed + 1)
+
+    def state_dict(self):
+        return {"cpu": self.cpu.get_state(), "dev": self.dev.get_state()}
+
+    def load_state_dict(self, state):
+        self.cpu.set_state(state["cpu"].cpu())
+        self.dev.set_state(state["dev"].cpu())
+
+
+class Run:
+    """What the stages share: recipe, strategy, tokenizer, data, checkpoints, metrics."""
+
+    def __init__(self, recipe: R.Recipe, out: Path, strategy, resume: bool, quiet: bool):
+        self.recipe, self.out, self.strategy, self.resume = recipe, out, strategy, resume
+        self.device = strategy.device()
+        self.tok = GPT2BPE(recipe.init) if recipe.init else ByteTokenizer()
+        self.model_cfg = read_config(Path(recipe.init)) if recipe.init else recipe.model
+        self.ckpt = Checkpoints(out, strategy.rank, strategy.sharded)
+        self.metrics_path = out / "metrics.jsonl"
+        self.metrics_lines = 0
+        self.progress = Progress(enabled=strategy.is_main and not quiet)
+        self.kill_after = int(os.environ.get(KILL_ENV, "0"))
+        self.steps_done = 0
+        self.elapsed: dict[str, float] = {}
+        self.rm_norm = (0.0, 1.0)
+        self.summary: dict[str, float] = {}
+
+    # -- data ---------------------------------------------------------------------
+    def data_name(self, kind: str) -> str:
+        return getattr(self.recipe.data, kind) or str(D.default_path(kind))
+
+    def rows(self, kind: str) -> list[dict]:
+        return D.load_jsonl(self.data_name(kind), kind)
+
+    def prompts(self, max_new_tokens: int) -> D.PromptData:
+        return D.prompt_tensors(self.rows("prompts"), self.tok, self.model_cfg.block_size, max_new_tokens,
+                                self.data_name("prompts"))
+
+    def shard(self, ids: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a global batch."""
+        n, w, r = len(ids), self.strategy.world, self.strategy.rank
+        if n % w:
+            raise ValueError(f"{self.recipe.path}: a global batch of {n} does not split over {w} ranks")
+        return ids[r * n // w:(r + 1) * n // w]
+
+    def shard_all(self, n: int) -> torch.Tensor:
+        return torch.arange(n)[self.strategy.rank::self.strategy.world]
+
+    # -- training pieces ----------------------------------------------------------
+    def engine(self, model, lr: float, weight_decay: float):
+        opt = FusedAdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+        return self.strategy.prepare(model, opt)
+
+    def generator(self, stage: str) -> Rng:
+        return Rng(self.recipe.seed * 1000 + R.STAGES.index(stage), self.device)
+
+    def loop(self, stage: str, total: int, objs: dict, step_fn) -> None:
+        """Steps start..total of a stage: restore, step, log, checkpoint, maybe stop."""
+        start = self._restore(stage, objs)
+        t_stage = time.perf_counter() - self.elapsed.get(stage, 0.0)
+        with self.progress.task(stage, total, start) as bar:
+            for i in range(start, total):
+                metrics = step_fn(i)
+                self.elapsed[stage] = time.perf_counter() - t_stage
+                self.log(stage, i + 1, metrics)
+                bar.advance(metrics)
+                if (i + 1) % self.recipe.checkpoint_every == 0 and i + 1 < total:
+                    self.save(stage, i + 1, {k: o.state_dict() for k, o in objs.items()}, final=False)
+                self._maybe_die()
+
+    def _restore(self, stage: str, objs: dict) -> int:
+        entry = self.ckpt.find(stage) if self.resume else None
+        if entry is None:
+            return 0
+        state = self.ckpt.load(entry, map_location=self.device)
+        for k, o in objs.items():
+            o.load_state_dict(state[k])
+        _set_rng(state["rng"])
+        self.elapsed[stage] = state["elapsed"]
+        return entry.step
+
+    def _maybe_die(self) -> None:
+        self.steps_done += 1
+        if self.kill_after and self.steps_done >= self.kill_after:
+            self.progress.stop()
+            os._exit(137)  # like a kill: no cleanup, no flush beyond what is on disk
+
+    def save(self, stage: str, step: int, state: dict, final: bool) -> None:
+        state = {**state, "rng": _get_rng(self.device), "elapsed": self.elapsed.get(stage, 0.0)}
+        files = {}
+        if self.strategy.is_main or self.strategy.sharded:
+            name, digest = self.ckpt.write_shard(stage, step, final, state)
+            files = {name: digest}
+        files = self.strategy.gather_files(files) if self.strategy.sharded else files
+        if self.strategy.is_main:
+            self.ckpt.commit(stage, step, final, files, self.metrics_lines)
+        self.strategy.barrier()
+
+    def finish(self, stage: str, state: dict) -> None:
+        total = {"sft": self.recipe.sft.steps, "reward": self.recipe.reward.steps,
+                 "ppo": self.recipe.ppo.iterations, "rejection": self.recipe.rejection.rounds}[stage]
+        self.save(stage, total, state, final=True)
+        return {**state, "elapsed": self.elapsed.get(stage, 0.0)}
+
+    def log(self, stage: str, step: int, metrics: dict) -> None:
+        if not self.strategy.is_main:
+            return
+        record = {"stage": stage, "step": step, **metrics, "elapsed": self.elapsed.get(stage, 0.0)}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.metrics_lines += 1
+
+
+
+def _get_rng(device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type != "cpu":
+        state["device"] = torch.get_device_module(device.type).get_rng_state()
+    return state
+
+
+def _set_rng(state: dict) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if "device" in state:
+        torch.get_device_module(portkit.device().type).set_rng_state(state["device"].cpu())
+
+
+# -- the stages in order ------------------------------------------------------------
+def new_policy(run: Run) -> GPT:
+    model = load_gpt2(run.recipe.init) if run.recipe.init else GPT(run.model_cfg)
+    return model.to(run.device)
+
+
+def new_scalar(run: Run, trunk: GPT) -> GPT:
+    """A scalar-head model on a copy of `trunk`'s weights (the head is fresh)."""
+    model = GPT(run.model_cfg, head="scalar").to(run.device)
+    missing, unexpected = model.load_state_dict(trunk.state_dict(), strict=False)
+    assert not unexpected and all(m.startswith("score.") for m in missing), (missing, unexpected)
+    return model
+
+
+def run_stages(run: Run) -> None:
+    from portkit.models import ppo, rejection, reward, sft
+    recipe = run.recipe
+    portkit.manual_seed(recipe.seed)
+    policy, rm = new_policy(run), None
+    run.progress.note(f"model: {policy.num_params() / 1e6:.2f}M parameters, {run.model_cfg}")
+    for k, stage in enumerate(recipe.stages):
+        portkit.manual_seed(recipe.seed + k + 1)  # new heads start alike with or without --resume
+        final = _final_state(run, stage)
+        if stage == "sft":
+            final = final or sft.run(run, policy)
+            policy.load_state_dict(final["policy"])
+        elif stage == "reward":
+            rm = new_scalar(run, policy)
+            final = final or reward.run(run, rm)
+            rm.load_state_dict(final["rm"])
+            run.rm_norm = (final["score_mean"], final["score_std"])
+            run.summary["rm_eval_acc"] = final["eval_acc"]
+        elif stage == "ppo":
+            ref = copy.deepcopy(policy)
+            critic = new_scalar(run, rm if recipe.ppo.critic_init == "reward" else policy)
+            final = final or ppo.run(run, policy, critic, ref, rm)
+            policy.load_state_dict(final["actor"])
+        else:
+            final = final or rejection.run(run, policy, rm)
+            policy.load_state_dict(final["policy"])
+        run.elapsed[stage] = final["elapsed"]
+
+
+def _final_state(run: Run, stage: str) -> dict | None:
+    entry = run.ckpt.find(stage) if run.resume else None
+    if entry is None or not entry.final:
+        return None
+    run.progress.note(f"[{stage}] complete in the checkpoint; loaded")
+    return run.ckpt.load(entry, map_location=run.device)
+
+
+# -- the command ----------------------------------------------------------------------
+def configure(parser) -> None:
+    parser.add_argument("recipe", help="recipe YAML, e.g. models/recipes/default.yaml")
+    parser.add_argument("--backend", help="backend name (default: the recipe's backend:, else PORTKIT_BACKEND, else auto)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --out")
+    parser.add_argument("--out", help="run directory (default: runs/RECIPE_NAME)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def prepare_out(out: Path, resume: bool, is_main: bool, ckpt: Checkpoints, note) -> bool:
+    """Make the run directory ready; returns whether there is something to resume."""
+    entries = ckpt.entries() if resume else []
+    if resume and not entries:
+        note(f"--resume: no checkpoint in {out}; starting from the beginning")
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics = out / "metrics.jsonl"
+        if entries:
+            lines = metrics.read_text().splitlines(keepends=True)[:entries[-1].metrics_lines] if metrics.exists() else []
+            metrics.write_text("".join(lines))
+        else:
+            if (out / "checkpoints").exists() or metrics.exists():
+                note(f"starting over in {out}: previous metrics and checkpoints there are replaced")
+            for old in (out / "checkpoints").glob("*") if (out / "checkpoints").exists() else []:
+                old.unlink()
+            metrics.write_text("")
+    return bool(entries)
+
+
+def main(args) -> int:
+    try:
+        recipe = R.load(args.recipe)
+    except ConfigError as e:
+        print(f"portkit run: {e}", file=sys.stderr)
+        return 2
+    backend = portkit.select_backend(args.backend or recipe.backend)
+    from portkit.ops import registry
+    registry.set_mode(recipe.ops)
+    strategy = strategies.build(recipe.strategy)
+    strategy.setup()
+    out = Path(args.out or Path("runs") / recipe.name)
+    ckpt = Checkpoints(out, strategy.rank, strategy.sharded)
+    quiet_note = Progress(strategy.is_main and not args.quiet).note
+    strategy.barrier()
+    resume = prepare_out(out, args.resume, strategy.is_main, ckpt, quiet_note)
+    strategy.barrier()
+    run = Run(recipe, out, strategy, resume, args.quiet)
+    run.metrics_lines = sum(1 for _ in open(out / "metrics.jsonl")) if strategy.is_main else 0
+    run.progress.note(f"portkit run {recipe.name}: backend {backend.name}, device {run.device}, "
+                      f"strategy {strategy.name} x{strategy.world}, ops {recipe.ops}, out {out}")
+    t0 = time.perf_counter()
+    try:
+        run_stages(run)
+    except (DataError, CheckpointError) as e:
+        print(f"portkit run: {e}", file=sys.stderr)
+        return 2
+    if strategy.is_main:
+        from portkit.models import report
+        paths = report.write(out, recipe, run, backend, strategy, time.perf_counter() - t0)
+        run.progress.note(report.summary_text(out) + f"\nreport: {paths[0]}")
+    strategy.shutdown()
+    return 0
