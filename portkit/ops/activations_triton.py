@@ -1,0 +1,154 @@
+"""Triton kernels for bias+GeLU and packed SwiGLU (CUDA and ROCm) and their host launchers.
+
+Elementwise kernels over the flattened tensor; the bias gradient of bias_gelu is summed per
+program over a run of row tiles and the partials reduced in a second pass.
+The launchers take the same arguments as the references in portkit.ops.activations.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from portkit.ops._triton_utils import sm_count
+
+BLOCK = 4096         # elements per program of the elementwise kernels
+WARPS = 8
+TILE = 4096          # elements per row tile of the bias-gradient kernel
+PROGRAMS_PER_SM = 8
+
+GELU_K: tl.constexpr = 0.7978845608028654  # sqrt(2/pi)
+GELU_C: tl.constexpr = 0.044715
+
+
+@triton.jit
+def _tanh(u):
+    # portable tanh (no vendor libdevice), from exp(-2|u|) so it never overflows
+    e = tl.exp(-2.0 * tl.abs(u))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(u >= 0, t, -t)
+
+
+@triton.jit
+def _sigmoid(g):
+    e = tl.exp(-tl.abs(g))  # never overflows
+    return tl.where(g >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def _bias_gelu_fwd_kernel(X, B, Y, numel, n_cols, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    z = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_B:
+        z += tl.load(B + offs % n_cols, mask=mask, other=0.0).to(tl.float32)
+    y = 0.5 * z * (1.0 + _tanh(GELU_K * (z + GELU_C * z * z * z)))
+    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bias_gelu_bwd_kernel(DY, X, B, DX, DB_PART, n_rows, n_cols, rows_per_prog,
+                          HAS_B: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
+    pid_r = tl.program_id(0)
+    cols = tl.program_id(1) * COLS + tl.arange(0, COLS)
+    cmask = cols < n_cols
+    if HAS_B:
+        b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
+    db = tl.zeros([COLS], dtype=tl.float32)
+    first = pid_r.to(tl.int64) * rows_per_prog
+    last = tl.minimum(first + rows_per_prog, n_rows)
+    for r0 in range(first, last, ROWS):
+        rows = r0 + tl.arange(0, ROWS)
+        mask = (rows < last)[:, None] & cmask[None, :]
+        off = rows[:, None] * n_cols + cols[None, :]
+        z = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
+        if HAS_B:
+            z += b[None, :]
+        t = _tanh(GELU_K * (z + GELU_C * z * z * z))
+        dgelu = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * GELU_C * z * z)
+        dz = tl.load(DY + off, mask=mask, other=0.0).to(tl.float32) * dgelu
+        tl.store(DX + off, dz.to(DX.dtype.element_ty), mask=mask)
+        db += tl.sum(tl.where(mask, dz, 0.0), axis=0)
+    if HAS_B:
+        tl.store(DB_PART + pid_r * n_cols + cols, db, mask=cmask)
+
+
+@triton.jit
+def _swiglu_fwd_kernel(X, Y, numel, n_cols, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    row = offs // n_cols
+    src = offs + row * n_cols  # gate at row*2H + col, up at gate + H
+    g = tl.load(X + src, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(X + src + n_cols, mask=mask, other=0.0).to(tl.float32)
+    y = g * _sigmoid(g) * u
+    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _swiglu_bwd_kernel(DY, X, DX, numel, n_cols, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    row = offs // n_cols
+    src = offs + row * n_cols
+    g = tl.load(X + src, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(X + src + n_cols, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+    s = _sigmoid(g)
+    dg = dy * u * s * (1.0 + g * (1.0 - s))
+    du = dy * g * s
+    tl.store(DX + src, dg.to(DX.dtype.element_ty), mask=mask)
+    tl.store(DX + src + n_cols, du.to(DX.dtype.element_ty), mask=mask)
+
+
+def bias_gelu_fwd(x, bias):
+    y = torch.empty_like(x)
+    b = bias if bias is not None else x.new_empty(1)
+    grid = (triton.cdiv(x.numel(), BLOCK),)
+    _bias_gelu_fwd_kernel[grid](x, b, y, x.numel(), x.shape[1], HAS_B=bias is not None,
+                                BLOCK=BLOCK, num_warps=WARPS)
+    return y
+
+
+def _tile(n_cols: int) -> tuple[int, int]:
+    cols = min(triton.next_power_of_2(n_cols), 1024)
+    return max(1, TILE // cols), cols
+
+
+def _row_programs(x: torch.Tensor, rows: int, col_blocks: int) -> tuple[int, int]:
+    """(row programs, rows per program), rows per program a multiple of the row tile."""
+    n = x.shape[0]
+    want = max(1, sm_count(x.device) * PROGRAMS_PER_SM // col_blocks)
+    programs = max(1, min(want, triton.cdiv(n, rows)))
+    per = triton.cdiv(triton.cdiv(n, programs), rows) * rows
+    return triton.cdiv(n, per), per
+
+
+def bias_gelu_bwd(dy, x, bias):
+    n, h = x.shape
+    dx = torch.empty_like(x)
+    rows, cols = _tile(h)
+    col_blocks = triton.cdiv(h, cols)
+    programs, per = _row_programs(x, rows, col_blocks)
+    has_b = bias is not None
+    db_part = x.new_empty((programs, h) if has_b else (0,), dtype=torch.float32)
+    b = bias if has_b else x.new_empty(1)
+    _bias_gelu_bwd_kernel[(programs, col_blocks)](dy, x, b, dx, db_part, n, h, per, HAS_B=has_b,
+                                                  ROWS=rows, COLS=cols, num_warps=WARPS)
+    db = db_part.sum(0).to(bias.dtype) if has_b else x.new_empty(0)
+    return dx, db
+
+
+def swiglu_fwd(x):
+    n, h2 = x.shape
+    y = x.new_empty((n, h2 // 2))
+    grid = (triton.cdiv(y.numel(), BLOCK),)
+    _swiglu_fwd_kernel[grid](x, y, y.numel(), h2 // 2, BLOCK=BLOCK, num_warps=WARPS)
+    return y
+
+
+def swiglu_bwd(dy, x):
+    dx = torch.empty_like(x)
+    grid = (triton.cdiv(dy.numel(), BLOCK),)
+    _swiglu_bwd_kernel[grid](dy, x, dx, dy.numel(), x.shape[1] // 2, BLOCK=BLOCK, num_warps=WARPS)
+    return dx

@@ -1,0 +1,102 @@
+"""Triton multi-tensor AdamW step (CUDA and ROCm).
+
+Every tensor of a group (same param dtype, grad dtype, master or not, device) is updated
+by one launch: tables of raw data pointers and a block table (tensor, offset) drive the
+programs, as apex's multi_tensor_apply does. Tables are rebuilt only when a pointer moves.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 4096
+WARPS = 8
+
+_TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+@triton.jit
+def _adamw_kernel(PTRS, NUMELS, BLOCK_TENSOR, BLOCK_START, n_tensors, decay, beta1, beta2, eps,
+                  step_size, bc2_sqrt, P_DT: tl.constexpr, G_DT: tl.constexpr, HAS_MASTER: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    t = tl.load(BLOCK_TENSOR + pid)
+    offs = tl.load(BLOCK_START + pid) + tl.arange(0, BLOCK)
+    mask = offs < tl.load(NUMELS + t)
+    p_ptr = tl.load(PTRS + t).to(tl.pointer_type(P_DT))
+    g_ptr = tl.load(PTRS + n_tensors + t).to(tl.pointer_type(G_DT))
+    m_ptr = tl.load(PTRS + 2 * n_tensors + t).to(tl.pointer_type(tl.float32))
+    v_ptr = tl.load(PTRS + 3 * n_tensors + t).to(tl.pointer_type(tl.float32))
+    if HAS_MASTER:
+        w_ptr = tl.load(PTRS + 4 * n_tensors + t).to(tl.pointer_type(tl.float32))
+        w = tl.load(w_ptr + offs, mask=mask, other=0.0)
+    else:
+        w = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    m = tl.load(m_ptr + offs, mask=mask, other=0.0)
+    v = tl.load(v_ptr + offs, mask=mask, other=0.0)
+    w = w * decay
+    m = m + (1.0 - beta1) * (g - m)
+    v = v * beta2 + (1.0 - beta2) * g * g
+    w = w - step_size * (m / (tl.sqrt(v) / bc2_sqrt + eps))
+    tl.store(m_ptr + offs, m, mask=mask)
+    tl.store(v_ptr + offs, v, mask=mask)
+    if HAS_MASTER:
+        tl.store(w_ptr + offs, w, mask=mask)
+    tl.store(p_ptr + offs, w.to(P_DT), mask=mask)
+
+
+_tables: dict[tuple, tuple[tuple, tuple]] = {}  # group -> (pointer key, device tables)
+
+
+def _build_tables(ptrs: list[list[int]], numels: list[int], device: torch.device):
+    n = torch.tensor(numels, dtype=torch.int64)
+    blocks = (n + BLOCK - 1) // BLOCK
+    tensor_of_block = torch.repeat_interleave(torch.arange(len(numels)), blocks)
+    first = torch.cumsum(blocks, 0) - blocks
+    start = (torch.arange(int(blocks.sum())) - first[tensor_of_block]) * BLOCK
+    flat = torch.tensor([x for row in ptrs for x in row], dtype=torch.int64)
+    return tuple(t.to(device) for t in (flat, n, tensor_of_block.to(torch.int32), start))
+
+
+def _tables_for(group: tuple, tensors: list[list[torch.Tensor]], device: torch.device):
+    ptrs = [[t.data_ptr() for t in row] for row in tensors]
+    numels = [t.numel() for t in tensors[0]]
+    key = (tuple(map(tuple, ptrs)), tuple(numels))
+    hit = _tables.get(group)
+    if hit is None or hit[0] != key:
+        if len(_tables) > 64:  # optimizers come and go (tests, restarts): keep the cache small
+            _tables.clear()
+        hit = _tables[group] = (key, _build_tables(ptrs, numels, device))
+    return hit[1]
+
+
+def _groups(params, grads, exp_avgs, exp_avg_sqs, masters):
+    out: dict[tuple, list[list[torch.Tensor]]] = {}
+    for p, g, m, v, w in zip(params, grads, exp_avgs, exp_avg_sqs, masters):
+        if not (p.is_contiguous() and g.is_contiguous() and m.is_contiguous() and v.is_contiguous()):
+            raise ValueError(f"FusedAdamW (Triton): a parameter of shape {tuple(p.shape)} or its gradient "
+                             f"is not contiguous; make it contiguous or run with PORTKIT_OPS=reference")
+        if p.dtype not in _TL or g.dtype not in _TL:
+            raise ValueError(f"FusedAdamW (Triton): params/grads of dtype {p.dtype}/{g.dtype} are not supported; "
+                             f"use fp32, bf16 or fp16, or run with PORTKIT_OPS=reference")
+        key = (p.dtype, g.dtype, w is not None, p.device)
+        rows = out.setdefault(key, [[], [], [], [], []])
+        for row, t in zip(rows, (p, g, m, v, w if w is not None else p)):
+            row.append(t)
+    return out
+
+
+def adamw_step(params, grads, exp_avgs, exp_avg_sqs, masters, step, lr, beta1, beta2, eps, weight_decay):
+    decay = 1.0 - lr * weight_decay
+    step_size = lr / (1.0 - beta1 ** step)
+    bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
+    for (p_dt, g_dt, has_master, device), rows in _groups(params, grads, exp_avgs, exp_avg_sqs, masters).items():
+        group = (p_dt, g_dt, has_master, device, id(rows[0][0]))
+        flat, numels, tensor_of_block, start = _tables_for(group, rows, device)
+        _adamw_kernel[(tensor_of_block.numel(),)](
+            flat, numels, tensor_of_block, start, len(rows[0]), decay, beta1, beta2, eps, step_size, bc2_sqrt,
+            P_DT=_TL[p_dt], G_DT=_TL[g_dt], HAS_MASTER=has_master, BLOCK=BLOCK, num_warps=WARPS)

@@ -1,0 +1,199 @@
+"""Fused linear + cross-entropy: the loss of cross_entropy(hidden @ weight.T + bias, target)
+without ever materialising the (N, V) logits.
+
+Rows are processed in chunks: logits of a chunk by one matmul, then a cross-entropy step
+that returns the per-row loss and overwrites the chunk's logits with their gradient, then
+grad_hidden = dlogits @ W and grad_W += dlogits.T @ h. For reduction "mean"/"sum" the
+gradients are computed in the forward pass (the loss is the last op, its gradient is a
+scalar), so the backward only scales; for "none" the backward recomputes the chunks with
+the per-row upstream gradient.
+
+Registry ops: "linear_cross_entropy_fwd" (hidden, weight, target, bias, ignore_index,
+grad_scale) -> (loss_rows fp32 (N,), grad_hidden, grad_weight, grad_bias), where
+grad_scale is None (no gradients), a 0-d or an (N,) fp32 tensor scaling each row's
+gradient; and "cross_entropy_chunk", the per-chunk step a plugin may replace alone.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from portkit.ops import registry
+from portkit.ops._op import pick
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+@registry.reference("cross_entropy_chunk")
+def cross_entropy_chunk(logits: Tensor, target: Tensor, ignore_index: int,
+                        grad_scale: Optional[Tensor]) -> Tensor:
+    """logits (c, V) -> loss (c,) fp32 (0 where ignored). With grad_scale (0-d or (c,)),
+    overwrites logits with scale * (softmax - onehot) (0 on ignored rows).
+    Traffic: reads logits (c*V) once for the loss, again and writes them for the gradient."""
+    lf = logits.float()
+    valid = target != ignore_index
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    lse = torch.logsumexp(lf, dim=-1)
+    loss = torch.where(valid, lse - lf.gather(1, safe[:, None])[:, 0], torch.zeros_like(lse))
+    if grad_scale is not None:
+        scale = torch.where(valid, grad_scale.float().expand(valid.shape), torch.zeros_like(lse))
+        grad = torch.exp(lf - lse[:, None])
+        grad.scatter_add_(1, safe[:, None], -torch.ones_like(lse)[:, None])
+        logits.copy_(grad * scale[:, None])
+    return loss
+
+
+def chunk_rows(n: int, d: int, v: int) -> int:
+    """Rows per chunk: the chunk's logits (rows x V) stay about the size of hidden (N x d)."""
+    per = max(1, -(-v // d))                   # chunks needed so that rows*V <= N*d
+    rows = 1 << max(0, (-(-n // per) - 1).bit_length())  # next power of two
+    return max(1, min(rows, n))
+
+
+def _accumulate_mm(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """acc += a @ b with acc fp32 (a, b maybe bf16/fp16)."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    elif acc.device.type != "cpu":
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    else:
+        acc += (a @ b).float()
+
+
+def chunked_linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor],
+                                 ignore_index: int, grad_scale: Optional[Tensor],
+                                 ce_chunk: Callable) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The chunk loop shared by every implementation; `ce_chunk` is the per-chunk step."""
+    n, d = hidden.shape
+    v = weight.shape[0]
+    want = grad_scale is not None
+    loss = hidden.new_empty(n, dtype=torch.float32)
+    gh = torch.empty_like(hidden) if want else hidden.new_empty(0)
+    gw = torch.zeros(v, d, dtype=torch.float32, device=hidden.device) if want else hidden.new_empty(0)
+    gb = torch.zeros(v, dtype=torch.float32, device=hidden.device) if want and bias is not None else None
+    step = chunk_rows(n, d, v)
+    for s in range(0, n, step):
+        h = hidden[s:s + step]
+        logits = h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())  # (c, V)
+        scale = None if not want else (grad_scale if grad_scale.dim() == 0 else grad_scale[s:s + step])
+        loss[s:s + step] = ce_chunk(logits, target[s:s + step], ignore_index, scale)
+        if want:
+            torch.mm(logits, weight, out=gh[s:s + step])
+            _accumulate_mm(gw, logits.t(), h)
+            if gb is not None:
+                gb += logits.sum(0, dtype=torch.float32)
+    gw = gw.to(weight.dtype) if want else gw
+    gb = gb.to(bias.dtype) if gb is not None else hidden.new_empty(0)
+    return loss, gh, gw, gb
+
+
+@registry.reference("linear_cross_entropy_fwd")
+def linear_cross_entropy_fwd(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor],
+                             ignore_index: int, grad_scale: Optional[Tensor]):
+    """Traffic per chunk: the matmuls read h and W; the CE step reads the chunk's logits twice
+    and writes them once; never more than one chunk of logits is alive."""
+    ce = pick("cross_entropy_chunk", cross_entropy_chunk, hidden)
+    return chunked_linear_cross_entropy(hidden, weight, target, bias, ignore_index, grad_scale, ce)
+
+
+def _impl(hidden: Tensor) -> Callable:
+    return pick("linear_cross_entropy_fwd", linear_cross_entropy_fwd, hidden)
+
+
+def _scale(target: Tensor, ignore_index: int, reduction: str) -> Tensor:
+    if reduction == "sum":
+        return torch.ones((), dtype=torch.float32, device=target.device)
+    valid = (target != ignore_index).sum().clamp_min(1)
+    return 1.0 / valid.float()
+
+
+def _reduce(loss_rows: Tensor, target: Tensor, ignore_index: int, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss_rows
+    total = loss_rows.sum()
+    if reduction == "sum":
+        return total
+    return total / (target != ignore_index).sum()  # nan when every row is ignored, as torch
+
+
+@torch.library.custom_op("portkit::linear_cross_entropy", mutates_args=())
+def _lce(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor], ignore_index: int,
+         reduction: str, with_grads: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    scale = _scale(target, ignore_index, reduction) if with_grads else None
+    loss_rows, gh, gw, gb = _impl(hidden)(hidden, weight, target, bias, ignore_index, scale)
+    return _reduce(loss_rows, target, ignore_index, reduction), gh, gw, gb
+
+
+@_lce.register_fake
+def _(hidden, weight, target, bias, ignore_index, reduction, with_grads):
+    loss = hidden.new_empty((hidden.shape[0],) if reduction == "none" else (), dtype=torch.float32)
+    if not with_grads:
+        return loss, hidden.new_empty(0), hidden.new_empty(0), hidden.new_empty(0)
+    gb = bias.new_empty(bias.shape) if bias is not None else hidden.new_empty(0)
+    return loss, hidden.new_empty(hidden.shape), weight.new_empty(weight.shape), gb
+
+
+@torch.library.custom_op("portkit::linear_cross_entropy_backward", mutates_args=())
+def _lce_backward(grad_loss: Tensor, hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor],
+                  ignore_index: int) -> tuple[Tensor, Tensor, Tensor]:
+    """reduction "none": recompute the chunks with the per-row upstream gradient."""
+    _, gh, gw, gb = _impl(hidden)(hidden, weight, target, bias, ignore_index, grad_loss.float().contiguous())
+    return gh, gw, gb
+
+
+@_lce_backward.register_fake
+def _(grad_loss, hidden, weight, target, bias, ignore_index):
+    gb = bias.new_empty(bias.shape) if bias is not None else hidden.new_empty(0)
+    return hidden.new_empty(hidden.shape), weight.new_empty(weight.shape), gb
+
+
+def _setup(ctx, inputs, output):
+    hidden, weight, target, bias, ignore_index, reduction, with_grads = inputs
+    ctx.has_bias, ctx.ignore_index, ctx.deferred = bias is not None, ignore_index, not with_grads
+    if ctx.deferred:
+        ctx.save_for_backward(hidden, weight, target, bias)
+    else:
+        ctx.save_for_backward(*output[1:])
+
+
+def _backward(ctx, grad_loss, _gh, _gw, _gb):
+    if ctx.deferred:
+        hidden, weight, target, bias = ctx.saved_tensors
+        gh, gw, gb = _lce_backward(grad_loss, hidden, weight, target, bias, ctx.ignore_index)
+    else:
+        gh, gw, gb = ctx.saved_tensors
+        gh, gw, gb = gh * grad_loss.to(gh.dtype), gw * grad_loss.to(gw.dtype), gb * grad_loss.to(gb.dtype)
+    return gh, gw, None, (gb if ctx.has_bias else None), None, None, None
+
+
+_lce.register_autograd(_backward, setup_context=_setup)
+
+
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor] = None,
+                         ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """cross_entropy(hidden @ weight.T (+ bias), target) in fp32, in chunks of rows.
+    hidden (N, d), weight (V, d), target (N,) int64; reduction "mean", "sum" or "none"."""
+    _check(hidden, weight, target, bias, reduction)
+    needs = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    with_grads = needs and reduction != "none"
+    return _lce(hidden.contiguous(), weight.contiguous(), target.contiguous(), bias, ignore_index,
+                reduction, with_grads)[0]
+
+
+def _check(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor], reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"linear_cross_entropy: reduction {reduction!r} is not one of {', '.join(REDUCTIONS)}")
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"linear_cross_entropy: hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} "
+                         f"must be (N, d) and (V, d)")
+    if tuple(target.shape) != (hidden.shape[0],) or target.dtype != torch.int64:
+        raise ValueError(f"linear_cross_entropy: target is {tuple(target.shape)} {target.dtype}; "
+                         f"expected ({hidden.shape[0]},) int64")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"linear_cross_entropy: bias is {tuple(bias.shape)}; expected ({weight.shape[0]},)")
+    if hidden.dtype != weight.dtype:
+        raise ValueError(f"linear_cross_entropy: hidden is {hidden.dtype} but weight is {weight.dtype}; "
+                         f"cast one so both match")
+
