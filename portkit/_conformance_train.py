@@ -1,0 +1,149 @@
+"""Conformance groups `recipe` (a few steps of the tiny recipe through `portkit run`) and
+`checkpoint` (the recipe's atomic checkpoint helper on the device)."""
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from portkit._conformance_common import Check, Context, attempt, missing, needs_active
+from portkit.backend import Backend
+
+RECIPE = "tiny.yaml"
+
+
+# -- checkpoint ----------------------------------------------------------------------------
+def checkpoint(ctx: Context) -> list[Check]:
+    blocked = needs_active(ctx)
+    if blocked:
+        return blocked
+    if importlib.util.find_spec("portkit.models.checkpoint") is None:
+        return missing("the recipe's checkpoint helper portkit.models.checkpoint (models/checkpoint.py)")
+    from portkit.models.checkpoint import Checkpoints
+    b = ctx.backend
+    model, opt = _trained(b)
+    store = Checkpoints(ctx.workdir / "checkpoint")
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict()}
+    saved = attempt("save model + optimizer on the device", lambda: _save(store, state))
+    if not saved.ok:
+        return [saved]
+    holder: dict = {}
+    loaded = attempt("load back with weights_only=True",
+                     lambda: holder.update(state=store.load(store.find("conformance"), map_location=b.device())))
+    if not loaded.ok:
+        return [saved, loaded]
+    back = holder["state"]
+    return [saved, loaded,
+            attempt("every tensor equal after the round trip", lambda: _same(state, back)),
+            attempt(f"loaded tensors on {b.device_type}", lambda: _on_device(back, b)),
+            attempt("training resumes identically", lambda: _resumes(b, model, opt, back))]
+
+
+def _model(b: Backend) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)).to(b.device())
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+
+def _step(b: Backend, model: torch.nn.Module, opt: torch.optim.Optimizer, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(4, 16, generator=g).to(b.device()), torch.randn(4, 8, generator=g).to(b.device())
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+
+
+def _trained(b: Backend) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    b.manual_seed(0)
+    model, opt = _model(b)
+    for seed in range(2):
+        _step(b, model, opt, seed)  # the optimizer now holds state (step, exp_avg, exp_avg_sq)
+    return model, opt
+
+
+def _save(store, state: dict) -> str | None:
+    name, digest = store.write_shard("conformance", 2, True, state)
+    store.commit("conformance", 2, True, {name: digest}, 0)
+    return None if (store.dir / name).exists() else f"{store.dir / name} is absent after the commit"
+
+
+def _tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return {k: v for key, val in items for k, v in _tensors(val, f"{prefix}.{key}" if prefix else str(key)).items()}
+
+
+def _same(a: dict, b: dict) -> str | None:
+    ta, tb = _tensors(a), _tensors(b)
+    if ta.keys() != tb.keys():
+        return f"the loaded state has keys {sorted(set(tb) ^ set(ta))[:5]} that differ from the saved one"
+    bad = [k for k in ta if not torch.equal(ta[k].detach().cpu(), tb[k].detach().cpu())]
+    return f"tensors differ after loading: {', '.join(bad[:5])}" if bad else None
+
+
+def _on_device(state: dict, b: Backend) -> str | None:
+    params = {k: t for k, t in _tensors(state["model"]).items()}
+    off = [f"{k} on {t.device}" for k, t in params.items() if t.device.type != b.device_type]
+    return f"map_location={b.device()} left {', '.join(off[:3])}" if off else None
+
+
+def _resumes(b: Backend, model, opt, state: dict) -> str | None:
+    model2, opt2 = _model(b)
+    model2.load_state_dict(state["model"])
+    opt2.load_state_dict(state["optimizer"])
+    _step(b, model, opt, 7)
+    _step(b, model2, opt2, 7)
+    return _same(model.state_dict(), model2.state_dict())
+
+
+# -- recipe --------------------------------------------------------------------------------
+def recipe(ctx: Context) -> list[Check]:
+    blocked = needs_active(ctx)
+    if blocked:
+        return blocked
+    if importlib.util.find_spec("portkit.models.runner") is None:
+        return missing("`portkit run` (portkit.models.runner, models/runner.py)")
+    path = recipe_path()
+    if path is None:
+        return missing(f"the tiny recipe models/recipes/{RECIPE}")
+    return run_recipe(ctx, path)
+
+
+def recipe_path() -> Path | None:
+    try:
+        path = importlib.resources.files("portkit.models") / "recipes" / RECIPE
+    except ModuleNotFoundError:
+        return None
+    return Path(str(path)) if path.is_file() else None
+
+
+def run_recipe(ctx: Context, path: Path) -> list[Check]:
+    from portkit._conformance_procs import run_killable, tail, worker_env
+    out = ctx.workdir / "recipe"
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "portkit.cli", "run", str(path), "--backend", ctx.backend.name, "--out", str(out / "run")]
+    rc, log = run_killable(cmd, worker_env(ctx), ctx.timeout, out / "log.txt")
+    if rc is None:
+        return [Check("portkit run finished", False, f"did not finish within {ctx.timeout:.0f} s; log: {tail(log)}")]
+    if rc != 0:
+        return [Check("portkit run finished", False, f"exited {rc}; log: {tail(log)}")]
+    return [Check("portkit run finished", True)] + metrics_checks(out / "run")
+
+
+def metrics_checks(run_dir: Path) -> list[Check]:
+    files = sorted(run_dir.rglob("metrics.jsonl"))
+    if not files:
+        return [Check("metrics written", False, f"no metrics.jsonl under {run_dir}")]
+    rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+    losses = [r["loss"] for r in rows if isinstance(r.get("loss"), (int, float))]
+    if not losses:
+        return [Check("metrics written", False, f"{files[0]} has no 'loss' values")]
+    bad = [x for x in losses if not math.isfinite(x)]
+    return [Check("metrics written", True),
+            Check("losses finite", not bad, f"{len(bad)} of {len(losses)} losses are not finite" if bad else "")]
+
