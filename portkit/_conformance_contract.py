@@ -97,7 +97,9 @@ def type_ok(value: typing.Any, tp: typing.Any) -> bool:
 
 
 def type_name(tp: typing.Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    if typing.get_origin(tp) is None and isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
 
 
 def probe_result(b: Backend) -> str | None:

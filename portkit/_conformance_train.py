@@ -126,24 +126,41 @@ def run_recipe(ctx: Context, path: Path) -> list[Check]:
     from portkit._conformance_procs import run_killable, tail, worker_env
     out = ctx.workdir / "recipe"
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "portkit.cli", "run", str(path), "--backend", ctx.backend.name, "--out", str(out / "run")]
+    cmd = [sys.executable, "-m", "portkit.cli", "run", str(path), "--backend", ctx.backend.name,
+           "--out", str(out / "run"), "--quiet"]
     rc, log = run_killable(cmd, worker_env(ctx), ctx.timeout, out / "log.txt")
     if rc is None:
         return [Check("portkit run finished", False, f"did not finish within {ctx.timeout:.0f} s; log: {tail(log)}")]
     if rc != 0:
-        return [Check("portkit run finished", False, f"exited {rc}; log: {tail(log)}")]
-    return [Check("portkit run finished", True)] + metrics_checks(out / "run")
+        return [Check("portkit run finished", False, f"`{' '.join(cmd[1:])}` exited {rc}: {tail(log)}")]
+    run_dir = out / "run"
+    return [Check("portkit run finished", True),
+            attempt("ran on the backend", lambda: ran_on(run_dir / "report.json", ctx.backend)),
+            attempt("every stage logged finite losses", lambda: losses_finite(run_dir / "metrics.jsonl")),
+            attempt("SFT loss falls", lambda: sft_falls(run_dir / "metrics.jsonl"))]
 
 
-def metrics_checks(run_dir: Path) -> list[Check]:
-    files = sorted(run_dir.rglob("metrics.jsonl"))
-    if not files:
-        return [Check("metrics written", False, f"no metrics.jsonl under {run_dir}")]
-    rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
-    losses = [r["loss"] for r in rows if isinstance(r.get("loss"), (int, float))]
-    if not losses:
-        return [Check("metrics written", False, f"{files[0]} has no 'loss' values")]
-    bad = [x for x in losses if not math.isfinite(x)]
-    return [Check("metrics written", True),
-            Check("losses finite", not bad, f"{len(bad)} of {len(losses)} losses are not finite" if bad else "")]
+def ran_on(report: Path, b: Backend) -> str | None:
+    data = json.loads(report.read_text())
+    got = (data.get("backend"), str(data.get("device", "")).split(":")[0])
+    return None if got == (b.name, b.device_type) else f"{report} says backend/device {got}, expected {(b.name, b.device_type)}"
 
+
+def _rows(metrics: Path) -> list[dict]:
+    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+
+
+def losses_finite(metrics: Path) -> str | None:
+    rows = _rows(metrics)
+    if not rows:
+        return f"{metrics} is empty"
+    bad = [f"{r.get('stage')} step {r.get('step')}: {r['loss']}" for r in rows
+           if isinstance(r.get("loss"), (int, float)) and not math.isfinite(r["loss"])]
+    return f"non-finite losses ({', '.join(bad[:3])})" if bad else None
+
+
+def sft_falls(metrics: Path) -> str | None:
+    losses = [r["loss"] for r in _rows(metrics) if r.get("stage") == "sft" and "loss" in r]
+    if len(losses) < 2:
+        return f"{metrics} has {len(losses)} SFT losses; expected the tiny recipe's steps"
+    return None if losses[-1] < losses[0] else f"SFT loss went from {losses[0]:.4f} to {losses[-1]:.4f} (it must fall)"
