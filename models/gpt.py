@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from portkit.models import _ops as ops
+import portkit.ops as ops
 
 
 @dataclass(kw_only=True, slots=True)

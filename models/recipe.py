@@ -151,7 +151,7 @@ def load(path: str | Path) -> Recipe:
     data = load_yaml(path)
     if "path" in data:
         raise ConfigError(f"{path}: unknown key 'path' (it is set from the file name)")
-    recipe = build(Recipe, data, str(path))
+    recipe = build(Recipe, data, f"{path}: recipe")
     recipe.path = str(path.resolve())
     for key in ("sft", "reward", "reward_eval", "prompts"):
         value = getattr(recipe.data, key)

@@ -22,7 +22,7 @@ from portkit.config import ConfigError
 from portkit.models import data as D
 from portkit.models import recipe as R
 from portkit.models import strategies
-from portkit.models._ops import FusedAdamW
+from portkit.ops import FusedAdamW
 from portkit.models.checkpoint import CheckpointError, Checkpoints
 from portkit.models.data import DataError
 from portkit.models.gpt import GPT

@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from portkit.models.gpt import GPT, GPTConfig, sequence_logprobs
+from portkit.models.tokenizer import ByteTokenizer
+
+VARIANTS = [dict(), dict(norm="rmsnorm", pos="rotary", mlp="swiglu", bias=False)]
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, **kw)).eval()
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_shapes_and_loss(kw):
+    m = tiny(**kw)
+    x = torch.randint(0, 256, (3, 11))
+    nll = m(x, x, reduction="none")
+    assert nll.shape == (3, 11)
+    assert torch.allclose(m(x, x), nll.mean(), atol=1e-5)
+    h = m.trunk(x)
+    assert h.shape == (3, 11, 32)
+    full = torch.nn.functional.cross_entropy(m.logits(h.flatten(0, 1)), x.flatten(), reduction="none")
+    assert torch.allclose(full.view(3, 11), nll, atol=1e-4)
+
+
+def test_scalar_head_shares_the_trunk():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), head="scalar")
+    assert m(torch.randint(0, 256, (2, 5))).shape == (2, 5)
+    with pytest.raises(ValueError, match="head must be"):
+        GPT(GPTConfig(), head="value")
+
+
+def test_config_errors_give_the_numbers():
+    with pytest.raises(ValueError, match=r"n_embd \(100\) must be divisible by n_head \(3\)"):
+        GPTConfig(n_embd=100, n_head=3)
+    with pytest.raises(ValueError, match="norm must be one of layernorm, rmsnorm"):
+        GPTConfig(norm="batchnorm")
+    with pytest.raises(ValueError, match="block size is only 32"):
+        tiny().trunk(torch.zeros(1, 33, dtype=torch.long))
+
+
+def _left_padded_prompts():
+    tok = ByteTokenizer()
+    seqs = [tok.prompt_ids("reverse: abc"), tok.prompt_ids("sort: 3 1 2 9")]
+    L = max(map(len, seqs))
+    idx = torch.full((2, L), tok.pad_id)
+    valid = torch.zeros(2, L, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        idx[i, L - len(s):], valid[i, L - len(s):] = torch.tensor(s), True
+    return tok, idx, valid
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_kv_cache_generation_equals_full_forward(kw):
+    m = tiny(**kw)
+    tok, idx, valid = _left_padded_prompts()
+    seq, v = m.generate(idx, valid, 6, eos_id=-1, pad_id=tok.pad_id, temperature=0)
+    assert seq.shape == (2, idx.shape[1] + 6) and v[:, idx.shape[1]:].all()
+    # greedy decoding without a cache: the full forward at every length picks the same tokens
+    cur, cur_v = idx, valid
+    for _ in range(6):
+        h = m.trunk(cur, cur_v)[:, -1]
+        nxt = m.logits(h).argmax(-1)
+        cur, cur_v = torch.cat([cur, nxt[:, None]], 1), torch.cat([cur_v, torch.ones(2, 1, dtype=torch.bool)], 1)
+    assert torch.equal(cur, seq)
+
+
+def test_left_padding_does_not_change_a_row():
+    m = tiny()
+    tok, idx, valid = _left_padded_prompts()
+    alone = torch.tensor([tok.prompt_ids("reverse: abc")])
+    h_alone = m.trunk(alone)[:, -1]
+    h_batch = m.trunk(idx, valid)[:1, -1]
+    assert torch.allclose(h_alone, h_batch, atol=1e-5)
+
+
+def test_generation_stops_rows_at_eos_and_logprobs_align():
+    m = tiny()
+    tok, idx, valid = _left_padded_prompts()
+    g = torch.Generator().manual_seed(0)
+    seq, v = m.generate(idx, valid, 8, eos_id=tok.eos_id, pad_id=tok.pad_id, temperature=1.0, top_k=5, generator=g)
+    resp_valid = v[:, idx.shape[1]:]
+    # valid response tokens form a prefix; after it only padding
+    for row, rv in zip(seq[:, idx.shape[1]:], resp_valid):
+        n = int(rv.sum())
+        assert rv[:n].all() and not rv[n:].any() and (row[n:] == tok.pad_id).all()
+    lp = sequence_logprobs(m, seq, v, idx.shape[1])
+    assert lp.shape == resp_valid.shape and (lp <= 0).all()
