@@ -1,0 +1,72 @@
+"""Fixtures of the fused-op tests.
+
+Kernel tests (marked `triton`) call the Triton launchers directly on the `kdev` device:
+the GPU when one is present, CPU tensors when this process runs under the Triton
+interpreter (TRITON_INTERPRET=1, set by test_ops_interpreter.py before triton is
+imported), else they skip. GPU-only tests are marked `gpu` and take the `gpu` fixture.
+"""
+import os
+
+import pytest
+import torch
+
+# max |a - b| / max |b| allowed when comparing an implementation with the reference
+TOL = {torch.float32: 1e-5, torch.float64: 1e-6, torch.float16: 4e-3, torch.bfloat16: 2e-2}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "triton: calls the Triton kernels (interpreter on CPU, or a GPU)")
+
+
+def _accelerator() -> torch.device | None:
+    acc = getattr(torch, "accelerator", None)
+    if acc is None or not acc.is_available():
+        return None
+    return torch.device(acc.current_accelerator().type, 0)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+@pytest.fixture
+def kdev() -> torch.device:
+    if interpreting():
+        return torch.device("cpu")
+    dev = _accelerator()
+    if dev is None:
+        pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1 (see test_ops_interpreter.py)")
+    return dev
+
+
+@pytest.fixture
+def gpu() -> torch.device:
+    dev = _accelerator()
+    if dev is None or interpreting():
+        pytest.skip("needs a GPU")
+    return dev
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+@pytest.fixture
+def close():
+    """close(actual, expected, dtype, what): normwise comparison with a dtype tolerance."""
+    def check(actual, expected, dtype, what="", scale=1.0):
+        assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+        assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+        if actual.numel() == 0:
+            return
+        assert torch.isfinite(actual).all(), f"{what}: non-finite values"
+        err, tol = relative_error(actual, expected), TOL[dtype] * scale
+        assert err <= tol, f"{what}: relative error {err:.2e} > {tol:.1e} ({dtype})"
+    return check
+
+
+@pytest.fixture
+def seeded():
+    torch.manual_seed(0)
+    return torch.Generator().manual_seed(0)
