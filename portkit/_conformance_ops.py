@@ -89,6 +89,28 @@ def _softmax_bwd(s, g):
     return _t(s, g), y, 0.125
 
 
+def _ce_chunk(s, g):
+    c, v = s
+    target = torch.randint(0, v, (c,), generator=g)
+    target[::5] = -100
+    return _t((c, v), g, 3.0), target, -100, torch.tensor(1.0 / c)
+
+
+def _lce_fwd(s, g):
+    n, d, v = s
+    target = torch.randint(0, v, (n,), generator=g)
+    target[::4] = -100
+    return _t((n, d), g), _t((v, d), g, 0.2), target, _t((v,), g, 0.1), -100, torch.tensor(1.0 / n)
+
+
+def _adamw(s, g):
+    params = [_t(shape, g) for shape in s]
+    grads = [_t(shape, g, 0.1) for shape in s]
+    exp_avgs = [_t(shape, g, 0.01) for shape in s]
+    exp_avg_sqs = [_t(shape, g, 1e-3).square() for shape in s]
+    return params, grads, exp_avgs, exp_avg_sqs, [None] * len(s), 3, 1e-2, 0.9, 0.999, 1e-8, 0.01
+
+
 ROWS = ((3, 16), (37, 129), (64, 1024))
 HEADS = ((1, 2, 7, 8), (2, 3, 33, 64))
 CASES: dict[str, tuple[Callable, tuple]] = {  # registry op -> (inputs(shape, generator), shapes)
@@ -98,8 +120,12 @@ CASES: dict[str, tuple[Callable, tuple]] = {  # registry op -> (inputs(shape, ge
     "swiglu_fwd": (_swiglu_fwd, ROWS), "swiglu_bwd": (_swiglu_bwd, ROWS),
     "rotary_fwd": (_rotary_fwd, HEADS), "rotary_bwd": (_rotary_fwd, HEADS),
     "softmax_fwd": (_softmax_fwd, HEADS), "softmax_bwd": (_softmax_bwd, HEADS),
+    "cross_entropy_chunk": (_ce_chunk, ROWS), "linear_cross_entropy_fwd": (_lce_fwd, ((5, 16, 33), (37, 64, 300))),
+    "adamw_step": (_adamw, (((7,), (33, 17), (1000,)),)),
 }
-TABLES = {"rotary_fwd": (1, 2), "rotary_bwd": (1, 2)}  # argument positions that stay fp32
+KEEP_FP32 = {"rotary_fwd": (1, 2), "rotary_bwd": (1, 2), "cross_entropy_chunk": (3,),  # argument positions
+             "linear_cross_entropy_fwd": (5,), "adamw_step": (2, 3)}                   # that stay fp32
+MUTATED = {"cross_entropy_chunk": (0,), "adamw_step": (0, 2, 3)}  # arguments an op writes in place: compared too
 
 
 def _ref(op: str) -> Callable:
@@ -124,6 +150,7 @@ def run(ctx: Context) -> list[Check]:
         checks.append(Check("fused ops registered for this backend", True,
                             "none registered: portkit's torch references serve every op"))
     checks += [public_check(ctx.backend, name) for name in PUBLIC]
+    checks.append(attempt("portkit.ops.FusedAdamW two steps", lambda: compare_adamw(ctx.backend)))
     return checks
 
 
@@ -160,23 +187,47 @@ def impl_check(b: Backend, plugin: str, impl: Any, dtypes: list[torch.dtype]) ->
 
 
 def compare_impl(b: Backend, impl: Any, make: Callable, shapes: tuple, dtypes: list[torch.dtype]) -> str | None:
-    keep = TABLES.get(impl.op, ())
     for shape in shapes:
         for dtype in dtypes:
-            args = [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() and i not in keep else a
-                    for i, a in enumerate(make(shape, torch.Generator().manual_seed(0)))]
-            want = _ref(impl.op)(*args)
-            got = impl.fn(*[a.to(b.device()) if isinstance(a, torch.Tensor) else a for a in args])
+            args = cast(make(shape, torch.Generator().manual_seed(0)), dtype, KEEP_FP32.get(impl.op, ()))
+            mine = move(args, b.device())
+            want = results(impl.op, _ref(impl.op)(*args), args)
+            got = results(impl.op, impl.fn(*mine), mine)
             err = mismatch(got, want, TOLERANCE[dtype])
             if err:
                 return f"op {impl.op} on shape {shape} {str(dtype).replace('torch.', '')}: {err}"
     return None
 
 
+def cast(args: tuple, dtype: torch.dtype, keep: tuple) -> list:
+    def one(a):
+        if isinstance(a, list):
+            return [one(x) for x in a]
+        return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dim() else a
+    return [a if i in keep else one(a) for i, a in enumerate(args)]
+
+
+def move(args: list, device: torch.device) -> list:
+    """Copies on the device (an op that writes its inputs must not touch the reference's)."""
+    def one(a):
+        if isinstance(a, list):
+            return [one(x) for x in a]
+        return a.to(device, copy=True) if isinstance(a, torch.Tensor) else a
+    return [one(a) for a in args]
+
+
+def results(op: str, out: Any, args: list) -> tuple:
+    """What an op produces: its outputs, then the arguments it writes in place."""
+    outs = () if out is None else tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    for i in MUTATED.get(op, ()):
+        outs += tuple(args[i]) if isinstance(args[i], list) else (args[i],)
+    return outs
+
+
 def mismatch(got: Any, want: Any, tol: float) -> str | None:
     """None when `got` matches `want` (tensors or tuples of them), else what differs."""
-    gots = got if isinstance(got, (tuple, list)) else (got,)
-    wants = want if isinstance(want, (tuple, list)) else (want,)
+    gots = tuple(got) if isinstance(got, (tuple, list)) else (got,)
+    wants = tuple(want) if isinstance(want, (tuple, list)) else (want,)
     if len(gots) != len(wants):
         return f"returned {len(gots)} outputs, the reference returns {len(wants)}"
     for i, (g, w) in enumerate(zip(gots, wants)):
@@ -219,8 +270,15 @@ def _pub_softmax(g):
     return (_t((2, 3, 9, 9), g), None, 0.25), {"causal": True}
 
 
+def _pub_lce(g):
+    target = torch.randint(0, 50, (10,), generator=g)
+    target[3] = -100
+    return (_t((10, 32), g), _t((50, 32), g, 0.2), target), {"bias": None, "ignore_index": -100}
+
+
 PUBLIC: dict[str, Callable] = {"rms_norm": _pub_rms, "layer_norm": _pub_ln, "bias_gelu": _pub_gelu,
-                               "swiglu": _pub_swiglu, "rotary": _pub_rotary, "scaled_masked_softmax": _pub_softmax}
+                               "swiglu": _pub_swiglu, "rotary": _pub_rotary, "scaled_masked_softmax": _pub_softmax,
+                               "linear_cross_entropy": _pub_lce}
 NO_GRAD = {"rotary": (1, 2)}  # tables get no gradient
 
 
@@ -266,3 +324,23 @@ def run_public(fn: Callable, args: tuple, kwargs: dict, dy: torch.Tensor, device
     out.backward(dy.to(device))
     grads = [a.grad for a in leaves if isinstance(a, torch.Tensor) and a.requires_grad]
     return _Run(out.detach(), grads)
+
+
+def compare_adamw(b: Backend) -> str | None:
+    """FusedAdamW on the device against torch.optim.AdamW on the CPU, two steps."""
+    from portkit.ops import FusedAdamW
+    g = torch.Generator().manual_seed(0)
+    shapes = ((33, 17), (1000,))
+    start = [_t(s, g) for s in shapes]
+    grads = [[_t(s, g, 0.1) for s in shapes] for _ in range(2)]
+    want = [p.clone().requires_grad_() for p in start]
+    got = [p.to(b.device(), copy=True).requires_grad_() for p in start]
+    pairs = ((torch.optim.AdamW(want, lr=1e-2, weight_decay=0.01), want, torch.device("cpu")),
+             (FusedAdamW(got, lr=1e-2, weight_decay=0.01), got, b.device()))
+    for step in grads:
+        for opt, params, device in pairs:
+            for p, grad in zip(params, step):
+                p.grad = grad.to(device, copy=True)
+            opt.step()
+    err = mismatch([p.detach() for p in got], [p.detach() for p in want], TOLERANCE[torch.float32])
+    return f"FusedAdamW on {b.device()} after 2 steps: {err}" if err else None

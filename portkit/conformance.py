@@ -110,6 +110,7 @@ def print_tables(backend: Backend, results: list[GroupResult], verbose: bool = F
     """One table: per group its failed checks with the reason (every check with verbose),
     the passed ones folded into one row; then a summary per group."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
     console = Console(width=max(Console().width, 120))
     detail = Table(title=f"portkit conformance: backend {backend.name!r} "
@@ -118,7 +119,7 @@ def print_tables(backend: Backend, results: list[GroupResult], verbose: bool = F
         detail.add_column(col, overflow="fold")
     for r in results:
         for i, (check, mark, reason) in enumerate(_rows(r.checks, verbose)):
-            detail.add_row(r.group if i == 0 else "", check, mark, reason)
+            detail.add_row(r.group if i == 0 else "", escape(check), mark, escape(reason))
         detail.add_section()
     console.print(detail)
     summary = Table(title="summary")
