@@ -82,3 +82,10 @@ def main(args) -> int:
         return 2
     print(json.dumps(result, indent=1) if args.json else table(result, args.run_a, args.run_b))
     return 0 if result["verdict"] == "PASS" else 1
+
+
+if __name__ == "__main__":  # `python -m portkit.models.compare` is `portkit compare`
+    import argparse
+    _parser = argparse.ArgumentParser(prog="portkit compare", description=__doc__.splitlines()[0])
+    configure(_parser)
+    sys.exit(main(_parser.parse_args()))

@@ -279,3 +279,10 @@ def main(args) -> int:
         run.progress.note(report.summary_text(out) + f"\nreport: {paths[0]}")
     strategy.shutdown()
     return 0
+
+
+if __name__ == "__main__":  # `python -m portkit.models.runner` (e.g. under torchrun -m) is `portkit run`
+    import argparse
+    _parser = argparse.ArgumentParser(prog="portkit run", description=__doc__.splitlines()[0])
+    configure(_parser)
+    sys.exit(main(_parser.parse_args()))
