@@ -125,7 +125,17 @@ CASES: dict[str, tuple[Callable, tuple]] = {  # registry op -> (inputs(shape, ge
 }
 KEEP_FP32 = {"rotary_fwd": (1, 2), "rotary_bwd": (1, 2), "cross_entropy_chunk": (3,),  # argument positions
              "linear_cross_entropy_fwd": (5,), "adamw_step": (2, 3)}                   # that stay fp32
-MUTATED = {"cross_entropy_chunk": (0,), "adamw_step": (0, 2, 3)}  # arguments an op writes in place: compared too
+MUTATED = {"cross_entropy_chunk": (0,), "adamw_step": (0, 2, 3, 4)}  # arguments an op writes in place: compared too
+
+
+def _with_masters(args: list, dtype: torch.dtype) -> list:
+    """bf16 params get fp32 master copies, as FusedAdamW keeps them."""
+    if dtype != torch.float32:
+        args[4] = [p.float() for p in args[0]]
+    return args
+
+
+ADJUST = {"adamw_step": _with_masters}
 
 
 def _ref(op: str) -> Callable:
@@ -190,6 +200,7 @@ def compare_impl(b: Backend, impl: Any, make: Callable, shapes: tuple, dtypes: l
     for shape in shapes:
         for dtype in dtypes:
             args = cast(make(shape, torch.Generator().manual_seed(0)), dtype, KEEP_FP32.get(impl.op, ()))
+            args = ADJUST.get(impl.op, lambda a, d: a)(args, dtype)
             mine = move(args, b.device())
             want = results(impl.op, _ref(impl.op)(*args), args)
             got = results(impl.op, impl.fn(*mine), mine)
@@ -216,22 +227,25 @@ def move(args: list, device: torch.device) -> list:
     return [one(a) for a in args]
 
 
-def results(op: str, out: Any, args: list) -> tuple:
-    """What an op produces: its outputs, then the arguments it writes in place."""
+def results(op: str, out: Any, args: list) -> dict[str, Any]:
+    """What an op produces, by label: its outputs, then the arguments it writes in place."""
     outs = () if out is None else tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    found = {(f"output {i}" if len(outs) > 1 else "output"): o for i, o in enumerate(outs)}
     for i in MUTATED.get(op, ()):
-        outs += tuple(args[i]) if isinstance(args[i], list) else (args[i],)
-    return outs
+        items = args[i] if isinstance(args[i], list) else [args[i]]
+        found.update({f"argument {i}" + (f"[{j}]" if isinstance(args[i], list) else "") + " (written in place)": t
+                      for j, t in enumerate(items)})
+    return found
 
 
 def mismatch(got: Any, want: Any, tol: float) -> str | None:
-    """None when `got` matches `want` (tensors or tuples of them), else what differs."""
-    gots = tuple(got) if isinstance(got, (tuple, list)) else (got,)
-    wants = tuple(want) if isinstance(want, (tuple, list)) else (want,)
+    """None when `got` matches `want` (tensors, sequences or labelled dicts of them), else what differs."""
+    gots, wants = _labelled(got), _labelled(want)
     if len(gots) != len(wants):
         return f"returned {len(gots)} outputs, the reference returns {len(wants)}"
-    for i, (g, w) in enumerate(zip(gots, wants)):
-        label = f"output {i}" if len(wants) > 1 else "output"
+    for (label, g), w in zip(gots.items(), wants.values()):
+        if g is None and w is None:
+            continue
         if not isinstance(g, torch.Tensor) or tuple(g.shape) != tuple(w.shape) or g.dtype != w.dtype:
             desc = f"{tuple(g.shape)} {g.dtype}" if isinstance(g, torch.Tensor) else type(g).__name__
             return f"{label} is {desc}, the reference gives {tuple(w.shape)} {w.dtype}"
@@ -242,6 +256,13 @@ def mismatch(got: Any, want: Any, tol: float) -> str | None:
         if not err <= tol * scale:  # also catches NaN
             return f"{label} max abs error {err:.3g} (reference max {scale:.3g}, tolerance {tol * scale:.3g})"
     return None
+
+
+def _labelled(x: Any) -> dict[str, Any]:
+    if isinstance(x, dict):
+        return x
+    items = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    return {(f"output {i}" if len(items) > 1 else "output"): t for i, t in enumerate(items)}
 
 
 # -- the public ops, forward and backward, as dispatch serves them on the device -----------

@@ -58,3 +58,17 @@ def test_ranks_merge_and_logs_shrink_to_the_error():
     assert merge(ranks) == [Check("a", True, ""), Check("b", False, "rank 1: timeout")]
     log = "noise\nTraceback (most recent call last):\n  File x\nValueError: bad rank\ntorch.distributed.elastic ChildFailedError:\n"
     assert tail(log) == "ValueError: bad rank"
+
+
+def test_an_in_place_op_is_checked_on_what_it_writes():
+    import importlib
+    adamw = importlib.import_module("portkit.ops.adamw")
+    assert check(adamw.adamw_step, "adamw_step").ok  # fp32, and bf16 params with fp32 masters
+
+    def forgets_the_second_moment(params, grads, exp_avgs, exp_avg_sqs, *rest):
+        saved = [v.clone() for v in exp_avg_sqs]
+        adamw.adamw_step(params, grads, exp_avgs, exp_avg_sqs, *rest)
+        for v, old in zip(exp_avg_sqs, saved):
+            v.copy_(old)
+    c = check(forgets_the_second_moment, "adamw_step")
+    assert not c.ok and "argument 3[0] (written in place) max abs error" in c.reason
