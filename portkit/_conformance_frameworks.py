@@ -1,5 +1,5 @@
-"""One training step of DeepSpeed ZeRO-2 and of a Colossal-AI Booster through portkit's
-adapters, run by each rank of portkit/_conformance_worker.py.
+"""One training step of DeepSpeed ZeRO-2 and of a Colossal-AI Booster (LowLevelZero, ZeRO-2)
+through portkit's adapters, run by each rank of portkit/_conformance_worker.py.
 
 The step is checked against a plain torch AdamW step of the same model on the whole
 global batch: ZeRO-2 that reduces, partitions and gathers correctly lands on the same
@@ -114,10 +114,11 @@ def colossalai_step(b: Backend) -> list[Check]:
     checks = [attempt("adapter init (portkit.patches.colossalai.init)", lambda: _clai_init(clai_patch, b))]
     if not checks[0].ok:
         return checks
+    checks.append(attempt("Colossal-AI accelerator answers for the backend", lambda: _clai_accelerator(b)))
     state: dict = {}
-    checks.append(attempt("Booster built", lambda: _clai_boost(b, state)))
+    checks.append(attempt("Booster with LowLevelZeroPlugin(stage=2) built", lambda: _clai_boost(b, state)))
     if checks[-1].ok:
-        checks.append(attempt("one Booster step equals a plain AdamW step", lambda: _clai_step(b, state)))
+        checks.append(attempt("one ZeRO-2 Booster step equals a plain AdamW step", lambda: _clai_step(b, state)))
     return checks
 
 
@@ -126,13 +127,23 @@ def _clai_init(clai_patch, b: Backend) -> str | None:
     return None if chosen.name == b.name else f"init() selected backend {chosen.name!r}, not {b.name!r}"
 
 
+def _clai_accelerator(b: Backend) -> str | None:
+    from colossalai.accelerator import get_accelerator
+    acc = get_accelerator()
+    if acc.communication_backend != b.dist_backend or str(acc.get_current_device()).split(":")[0] != b.device_type:
+        return (f"Colossal-AI's accelerator {type(acc).__name__} ({acc.name}) reports device "
+                f"{acc.get_current_device()} and communication {acc.communication_backend!r}; "
+                f"expected {b.device_type!r} and {b.dist_backend!r}")
+    return None
+
+
 def _clai_boost(b: Backend, state: dict) -> str | None:
     from colossalai.booster import Booster
-    from colossalai.booster.plugin import TorchDDPPlugin
+    from colossalai.booster.plugin import LowLevelZeroPlugin
     model = make_model(b)
     state["start"] = copy.deepcopy(model)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
-    booster = Booster(plugin=TorchDDPPlugin())
+    booster = Booster(plugin=LowLevelZeroPlugin(stage=2, precision="fp32"))
     state["model"], state["opt"], _, _, _ = booster.boost(model, opt)
     state["booster"] = booster
     return None

@@ -7,7 +7,7 @@ Groups, in order (each a function of the run context returning a list of Checks)
                reference, forward and backward, on a few shapes
   collectives  all-reduce, all-gather, broadcast, barrier over its dist_backend in 2 processes
   deepspeed    one ZeRO-2 step through portkit's DeepSpeed adapter (2 processes)
-  colossalai   one Booster step through portkit's Colossal-AI adapter (2 processes)
+  colossalai   one Booster step (LowLevelZero ZeRO-2) through portkit's Colossal-AI adapter (2 processes)
   recipe       a few steps of the tiny recipe through `portkit run --backend NAME`
   checkpoint   model + optimizer state saved on the device by the recipe's atomic helper,
                loaded back with weights_only=True and compared
