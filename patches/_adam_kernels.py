@@ -2,9 +2,11 @@
 
 Both frameworks ship apex-style CUDA/C++ Adam kernels and import them through their op
 loaders. Where the compiled op is missing, the adapters hand out the modules below instead.
-The arithmetic is apex's `multi_tensor_adam` (the same as torch.optim.AdamW in decoupled
-mode): computed in fp32 with `torch._foreach_*` multi-tensor calls, written back in each
-tensor's own dtype.
+The arithmetic is apex's `multi_tensor_adam`. Its common case (decoupled weight decay, bias
+correction, fp32 moments) is portkit's fused op "adamw_step" (Triton on CUDA/ROCm, the
+torch reference elsewhere); the other variants (L2 mode, no bias correction, moments in
+bf16/fp16, a loss-scale divisor) run here in fp32 with `torch._foreach_*` calls and are
+written back in each tensor's own dtype.
 """
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ def adam_(grads, params, exp_avgs, exp_avg_sqs, *, lr: float, beta1: float, beta
     """One Adam step over lists of tensors, in place on params, exp_avgs and exp_avg_sqs."""
     if not params:
         return
+    if _is_adamw(mode, bias_correction, div_scale, exp_avgs, exp_avg_sqs):
+        return _portkit_adamw(params, grads, exp_avgs, exp_avg_sqs, step=step, lr=lr, beta1=beta1,
+                              beta2=beta2, eps=eps, weight_decay=weight_decay)
     g, p, m, v = ([t.float() for t in ts] for ts in (grads, params, exp_avgs, exp_avg_sqs))
     if div_scale > 0:
         g = torch._foreach_div(g, div_scale)
@@ -40,6 +45,20 @@ def adam_(grads, params, exp_avgs, exp_avg_sqs, *, lr: float, beta1: float, beta
         for s, d in zip(src, dst):
             if s is not d:
                 d.copy_(s)
+
+
+def _is_adamw(mode, bias_correction, div_scale, exp_avgs, exp_avg_sqs) -> bool:
+    """Is this step exactly portkit's "adamw_step" (which keeps fp32 moments)?"""
+    fp32 = all(t.dtype == torch.float32 for t in (*exp_avgs, *exp_avg_sqs))
+    return mode == ADAM_MODE_DECOUPLED and bool(bias_correction) and div_scale <= 0 and fp32
+
+
+def _portkit_adamw(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, beta1, beta2, eps, weight_decay) -> None:
+    from portkit.ops._op import pick
+    from portkit.ops.adamw import adamw_step
+    fn = pick("adamw_step", adamw_step, params[0])
+    fn(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), [None] * len(params), int(step),
+       lr, beta1, beta2, eps, weight_decay)
 
 
 @torch.no_grad()

@@ -1,0 +1,242 @@
+"""PortkitColoAccelerator: Colossal-AI's accelerator interface answered by the active portkit backend.
+
+Colossal-AI asks device questions through `colossalai.accelerator.get_accelerator()`
+(a BaseAccelerator, 41 abstract methods, most of them `torch.cuda.<same name>`). This class
+forwards them to the torch device module of the backend's device type (torch.cuda for
+CUDA and ROCm/DCU, torch.npu ...), and on the CPU to `HostDevice`, where work runs in
+order: streams and events exist and return at once, RNG is the CPU generator, memory is
+the backend's report. Name, device and communication backend come from the backend.
+
+Built by `build()` at patch time, so importing this module does not import Colossal-AI.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import torch
+
+from portkit import runtime
+from portkit.backend import Backend
+
+
+class HostEvent:
+    def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False):
+        pass
+
+    def record(self, stream=None) -> None:
+        pass
+
+    def wait(self, stream=None) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def synchronize(self) -> None:
+        pass
+
+
+class HostStream:
+    """A stream on a device that runs work in order: every wait is already satisfied."""
+
+    def __init__(self, device=None, priority: int = 0, **kwargs: Any):
+        self.device = torch.device("cpu")
+
+    def wait_stream(self, stream) -> None:
+        pass
+
+    def wait_event(self, event) -> None:
+        pass
+
+    def record_event(self, event=None) -> HostEvent:
+        return event or HostEvent()
+
+    def synchronize(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+
+_DEFAULT_STREAM = HostStream()
+
+
+class HostDevice:
+    """What torch.<device> answers on the CPU, for the calls Colossal-AI makes."""
+
+    Stream, Event = HostStream, HostEvent
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def synchronize(self, device=None) -> None:
+        pass
+
+    def current_stream(self, device=None) -> HostStream:
+        return _DEFAULT_STREAM
+
+    default_stream = current_stream
+
+    def set_stream(self, stream) -> None:
+        pass
+
+    def stream(self, stream) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def get_rng_state(self, device=None) -> torch.Tensor:
+        return torch.get_rng_state()
+
+    def get_rng_state_all(self) -> list:
+        return [torch.get_rng_state()]
+
+    def set_rng_state(self, new_state, device=None) -> None:
+        torch.set_rng_state(new_state)
+
+    def set_rng_state_all(self, new_states) -> None:
+        torch.set_rng_state(new_states[0])
+
+    def manual_seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    manual_seed_all = manual_seed
+
+    def seed(self) -> None:
+        torch.seed()
+
+    seed_all = seed
+
+    def initial_seed(self) -> int:
+        return torch.initial_seed()
+
+    def empty_cache(self) -> None:
+        pass
+
+    def memory_stats(self, device=None) -> dict:
+        stats = self.backend.memory_stats()
+        return {"allocated_bytes.all.current": stats["allocated"], "allocated_bytes.all.peak": stats["peak_allocated"],
+                "reserved_bytes.all.current": stats["reserved"]}
+
+    def memory_allocated(self, device=None) -> int:
+        return self.backend.memory_stats()["allocated"]
+
+    def max_memory_allocated(self, device=None) -> int:
+        return self.backend.memory_stats()["peak_allocated"]
+
+    def memory_reserved(self, device=None) -> int:
+        return self.backend.memory_stats()["reserved"]
+
+    max_memory_reserved = max_memory_allocated
+
+    def reset_peak_memory_stats(self, device=None) -> None:
+        self.backend.reset_peak_memory()
+
+    reset_max_memory_allocated = reset_max_memory_cached = reset_peak_memory_stats
+
+    def get_device_name(self, device=None) -> str:
+        return self.backend.device_name(0)
+
+    def __getattr__(self, name: str):
+        raise RuntimeError(f"{name}() has no CPU meaning in portkit's Colossal-AI accelerator "
+                           f"(portkit.patches._colo_accelerator.HostDevice); avoid it on the CPU backend")
+
+
+# Colossal-AI methods that are `torch.<device>.<same name>(same arguments)`.
+FORWARD = ("get_device_name", "synchronize", "get_device_capability", "get_device_properties", "utilization",
+           "get_rng_state", "get_rng_state_all", "set_rng_state", "set_rng_state_all", "manual_seed",
+           "manual_seed_all", "seed", "seed_all", "initial_seed", "empty_cache", "memory_stats", "memory_summary",
+           "memory_snapshot", "memory_allocated", "max_memory_allocated", "reset_max_memory_allocated",
+           "reset_max_memory_cached", "memory_reserved", "max_memory_reserved", "set_per_process_memory_fraction",
+           "reset_peak_memory_stats", "Stream", "Event", "current_stream", "default_stream", "set_stream", "stream")
+
+
+def _forward(attr: str):
+    def method(self, *args, **kwargs):
+        return getattr(self.dev, attr)(*args, **kwargs)
+    method.__name__ = attr
+    return method
+
+
+class _PortkitColoMixin:
+    """The answers that are not plain forwards; `build()` adds the FORWARD table."""
+
+    def __init__(self) -> None:
+        pass  # name, device and communication backend are read from the active backend each time
+
+    @property
+    def backend(self) -> Backend:
+        return runtime.active()
+
+    @property
+    def _name(self) -> str:
+        return self.backend.device_type
+
+    @property
+    def _communication_backend(self) -> str:
+        return self.backend.dist_backend
+
+    @property
+    def _is_synchronous(self) -> bool:
+        return self.on_host
+
+    @property
+    def on_host(self) -> bool:
+        return self.backend.device_type == "cpu"
+
+    @property
+    def support_set_device(self) -> bool:
+        return not self.on_host
+
+    @property
+    def dev(self) -> Any:
+        return HostDevice(self.backend) if self.on_host else self.backend.module
+
+    def get_version(self) -> str:
+        if self._name == "cuda":
+            return torch.version.hip or torch.version.cuda or ""
+        return self.backend.versions().get(self._name, "") or ""
+
+    def get_current_device(self) -> torch.device:
+        return self.backend.device()
+
+    def current_device(self) -> int:
+        return self.backend.current_device()
+
+    def set_device(self, device=None) -> None:
+        if device is None:
+            local = os.environ.get("LOCAL_RANK")
+            device = int(local) if local is not None else torch.distributed.get_rank() % self.device_count()
+        self.backend.set_device(torch.device(device).index if isinstance(device, (str, torch.device)) else device)
+
+    def is_available(self) -> bool:
+        return self.backend.is_available()
+
+    def device_count(self) -> int:
+        return self.backend.device_count()
+
+    def autocast(self, enabled: bool = True, dtype: torch.dtype = torch.float16, cache_enabled: bool = True):
+        return torch.amp.autocast(device_type=self._name, enabled=enabled, dtype=dtype, cache_enabled=cache_enabled)
+
+
+_CLASS = None
+
+
+def build() -> type:
+    """The BaseAccelerator subclass (built once, on first use, importing Colossal-AI's base)."""
+    global _CLASS
+    if _CLASS is None:
+        from colossalai.accelerator.base_accelerator import BaseAccelerator
+        ns: dict[str, Any] = {name: _forward(name) for name in FORWARD}
+        ns["__doc__"] = "Colossal-AI accelerator that delegates every device question to portkit's active backend."
+        ns["__module__"] = __name__
+        _CLASS = type("PortkitColoAccelerator", (_PortkitColoMixin, BaseAccelerator), ns)
+    return _CLASS
+
+
+def make() -> Any:
+    return build()()
+
+
+def is_portkit(accelerator: Any) -> bool:
+    return isinstance(accelerator, _PortkitColoMixin)
