@@ -115,7 +115,7 @@ def rule_accuracy(prompts: list[str], responses: list[str]) -> float | None:
 def update(ctx, actor, critic, roll, gen) -> dict:
     cfg = ctx.recipe.ppo
     B = roll["seq"].shape[0]
-    mb = max(1, cfg.minibatch // ctx.strategy.world)
+    mb = max(1, cfg.minibatch // ctx.strategy.dp_world)
     stats = {"loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0}
     n = 0
     actor.train()

@@ -36,7 +36,7 @@ def finetune(ctx, engine, seq, valid, P, gen) -> float:
     total = 0.0
     engine.train()
     engine.set_lr(cfg.lr)
-    bs = max(1, cfg.batch_size // ctx.strategy.world)
+    bs = max(1, cfg.batch_size // ctx.strategy.dp_world)
     for _ in range(cfg.steps_per_round):
         s = torch.randint(len(seq), (bs,), generator=gen.cpu).to(seq.device)
         loss = engine(seq[s, :-1], targets[s], valid[s, :-1])

@@ -79,13 +79,13 @@ class Run:
 
     def shard(self, ids: torch.Tensor) -> torch.Tensor:
         """This rank's part of a global batch."""
-        n, w, r = len(ids), self.strategy.world, self.strategy.rank
+        n, w, r = len(ids), self.strategy.dp_world, self.strategy.dp_rank
         if n % w:
             raise ValueError(f"{self.recipe.path}: a global batch of {n} does not split over {w} ranks")
         return ids[r * n // w:(r + 1) * n // w]
 
     def shard_all(self, n: int) -> torch.Tensor:
-        return torch.arange(n)[self.strategy.rank::self.strategy.world]
+        return torch.arange(n)[self.strategy.dp_rank::self.strategy.dp_world]
 
     # -- training pieces ----------------------------------------------------------
     def engine(self, model, lr: float, weight_decay: float):
@@ -169,12 +169,12 @@ def _set_rng(state: dict) -> None:
 # -- the stages in order ------------------------------------------------------------
 def new_policy(run: Run) -> GPT:
     model = load_gpt2(run.recipe.init) if run.recipe.init else GPT(run.model_cfg)
-    return model.to(run.device)
+    return run.strategy.parallelize(model).to(run.device)
 
 
 def new_scalar(run: Run, trunk: GPT) -> GPT:
     """A scalar-head model on a copy of `trunk`'s weights (the head is fresh)."""
-    model = GPT(run.model_cfg, head="scalar").to(run.device)
+    model = run.strategy.parallelize(GPT(run.model_cfg, head="scalar")).to(run.device)
     missing, unexpected = model.load_state_dict(trunk.state_dict(), strict=False)
     assert not unexpected and all(m.startswith("score.") for m in missing), (missing, unexpected)
     return model

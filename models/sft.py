@@ -34,7 +34,7 @@ def sft_step(ctx, engine, sft: D.SFTData, gen, batch_size: int, lr: float) -> di
     engine.step()
     tokens = int((y != -100).sum())
     out = ctx.strategy.all_reduce_mean({"loss": loss.item(), "tokens_per_s": tokens / (time.perf_counter() - t0)})
-    out["tokens_per_s"] *= ctx.strategy.world
+    out["tokens_per_s"] *= ctx.strategy.dp_world
     return {**out, "lr": lr}
 
 

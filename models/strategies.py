@@ -64,6 +64,7 @@ class Strategy:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.dp_world, self.dp_rank = self.world, self.rank  # data-parallel split of each batch
 
     @property
     def is_main(self) -> bool:
@@ -77,8 +78,15 @@ class Strategy:
     def device(self) -> torch.device:
         return portkit.device()
 
+    def parallelize(self, model):
+        """Applied to every model right after it is built (tensor parallelism); default: as is."""
+        return model
+
     def prepare(self, model, optimizer) -> Engine:
         return Engine(model, model, optimizer)
+
+    def gather_files(self, files: dict[str, str]) -> dict[str, str]:
+        return files
 
     def frozen(self, model):
         model.requires_grad_(False)
@@ -122,6 +130,13 @@ class _Distributed(Strategy):
         if self.world > 1:
             dist.barrier()
 
+    def gather_files(self, files):
+        if self.world == 1:
+            return files
+        parts = [None] * self.world
+        dist.all_gather_object(parts, files)
+        return {k: v for p in parts for k, v in p.items()}
+
     def shutdown(self):
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -149,7 +164,89 @@ def _adapter(framework: str):
                                   f"(portkit.patches.{framework}), which is not in this build") from None
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"single": Strategy, "ddp": DDP}
+class DeepSpeedEngine(Engine):
+    def backward(self, loss):
+        self.wrapped.backward(loss)
+
+    def step(self):
+        self.wrapped.step()  # clips (gradient_clipping), steps and zeroes the gradients
+
+    def zero_grad(self):
+        self.wrapped.zero_grad()
+
+    def model_state(self):
+        import deepspeed
+        params = list(self.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.stage == 3):
+            return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def state_dict(self):
+        raise NotImplementedError("in-stage checkpoints under DeepSpeed ZeRO are not supported yet: the ZeRO "
+                                  "optimizer state holds objects torch.load(weights_only=True) refuses; set "
+                                  "checkpoint_every above the stage lengths (stage-end checkpoints work)")
+
+    def load_state_dict(self, state):
+        self.state_dict()
+
+
+class DeepSpeed(_Distributed):
+    """ZeRO stage 1/2/3 through deepspeed.initialize, on portkit's DeepSpeed adapter."""
+    name = "deepspeed"
+
+    def setup(self):
+        _adapter("deepspeed").init(backend=portkit.backend().name)
+
+    def prepare(self, model, optimizer):
+        import deepspeed
+        cfg = {"train_batch_size": self.world, "train_micro_batch_size_per_gpu": 1, "gradient_clipping": 1.0,
+               "zero_optimization": {"stage": self.spec.zero_stage}, "zero_allow_untested_optimizer": True,
+               "steps_per_print": 1 << 30}
+        engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg)
+        out = DeepSpeedEngine(model, engine, opt)
+        out.stage = self.spec.zero_stage
+        return out
+
+
+class Megatron(_Distributed):
+    """Megatron-core tensor parallelism: attention heads and MLP columns split over `tp`
+    ranks with Megatron's own communication regions; data parallel over world / tp."""
+    name = "megatron"
+    sharded = True
+
+    def setup(self):
+        tp = self.spec.tp
+        if self.world % tp:
+            raise ValueError(f"strategy megatron: WORLD_SIZE {self.world} is not a multiple of tp {tp}")
+        _adapter("megatron").init(tp=tp, seed=1234)
+        from megatron.core import parallel_state as ps
+        self.tp_rank = ps.get_tensor_model_parallel_rank()
+        self.dp_world, self.dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+
+    def parallelize(self, model):
+        from portkit.models.tensor_parallel import apply_tp
+        return apply_tp(model, self.spec.tp, self.tp_rank)
+
+    def prepare(self, model, optimizer):
+        if self.dp_world == 1:
+            return Engine(model, model, optimizer)
+        from megatron.core import parallel_state as ps
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, process_group=ps.get_data_parallel_group(),
+            device_ids=None if self.device().type == "cpu" else [self.device().index])
+        return Engine(model, wrapped, optimizer)
+
+
+class ColossalAI(_Distributed):
+    name = "colossalai"
+
+    def setup(self):
+        _adapter("colossalai")
+        raise NotImplementedError("strategy colossalai: portkit's Colossal-AI adapter is present but this "
+                                  "strategy does not drive its booster yet")
+
+
+STRATEGIES: dict[str, type[Strategy]] = {"single": Strategy, "ddp": DDP, "deepspeed": DeepSpeed,
+                                         "megatron": Megatron, "colossalai": ColossalAI}
 
 
 def build(spec) -> Strategy:
