@@ -24,6 +24,7 @@ from portkit.ops import registry
 from portkit.ops._op import pick
 
 REDUCTIONS = ("mean", "sum", "none")
+CHUNK_BUDGET = 4  # a chunk's logits hold about this many times the elements of hidden (N x d)
 
 
 @registry.reference("cross_entropy_chunk")
@@ -46,8 +47,10 @@ def cross_entropy_chunk(logits: Tensor, target: Tensor, ignore_index: int,
 
 
 def chunk_rows(n: int, d: int, v: int) -> int:
-    """Rows per chunk: the chunk's logits (rows x V) stay about the size of hidden (N x d)."""
-    per = max(1, -(-v // d))                   # chunks needed so that rows*V <= N*d
+    """Rows per chunk: the chunk's logits (rows x V) hold about CHUNK_BUDGET x N x d elements,
+    small beside the full logits, large enough that the weight-gradient accumulation
+    (one read and write of the fp32 V x d buffer per chunk) stays cheap."""
+    per = max(1, -(-v // (CHUNK_BUDGET * d)))  # chunks needed so that rows*V <= BUDGET*N*d
     rows = 1 << max(0, (-(-n // per) - 1).bit_length())  # next power of two
     return max(1, min(rows, n))
 
