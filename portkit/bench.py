@@ -113,3 +113,9 @@ def _print_table(report: dict, benchmark) -> None:
     console = Console()
     console.width = max(console.width, 180)  # a wide table reads better than a wrapped one
     console.print(table)
+
+
+if __name__ == "__main__":  # python -m portkit.bench ops ... (the same as `portkit bench ops ...`)
+    _parser = argparse.ArgumentParser(prog="portkit bench")
+    configure(_parser)
+    sys.exit(main(_parser.parse_args()))
