@@ -13,7 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from portkit.tuning import engine, export, profiles
+from portkit.tuning import engine, profiles
+from portkit.tuning.export import FORMATS, export  # the package re-exports the function under the module's name
 from portkit.tuning.engine import Change, TuneError
 from portkit.tuning.schema import ProfileError
 
@@ -34,7 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sp.add_argument("snapshot", type=Path, help="snapshot JSON written by apply")
     _root(sp)
     sp = _with_profile(sub, "export", "print the profile as sysctl.d, limits.d, env or nccl.conf text")
-    sp.add_argument("--format", required=True, choices=export.FORMATS)
+    sp.add_argument("--format", required=True, choices=FORMATS)
     sp.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
 
 
@@ -145,7 +146,7 @@ def _rollback(args) -> int:
 
 
 def _export(args) -> int:
-    text = export.export(profiles.load(args.profile), args.format)
+    text = export(profiles.load(args.profile), args.format)
     if args.output:
         args.output.write_text(text)
     else:
