@@ -95,13 +95,15 @@ class MLP(nn.Module):
         self.kind = cfg.mlp
         hidden = 4 * cfg.n_embd if cfg.mlp == "gelu" else 16 * math.ceil(8 * cfg.n_embd / 3 / 16)
         width = hidden if cfg.mlp == "gelu" else 2 * hidden  # swiglu packs [gate | up]
-        self.c_fc = nn.Linear(cfg.n_embd, width, bias=cfg.bias and cfg.mlp == "gelu")
+        self.c_fc = nn.Linear(cfg.n_embd, width, bias=False)
+        # GELU's bias is added inside the fused bias_gelu (Megatron's pattern)
+        self.fc_bias = nn.Parameter(torch.zeros(hidden)) if cfg.bias and cfg.mlp == "gelu" else None
         self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
-        if self.kind == "gelu":  # the bias is added inside the fused bias_gelu
-            h = ops.bias_gelu(F.linear(x, self.c_fc.weight), self.c_fc.bias)
+        if self.kind == "gelu":
+            h = ops.bias_gelu(self.c_fc(x), self.fc_bias)
         else:
             h = ops.swiglu(self.c_fc(x))
         return self.drop(self.c_proj(h))
@@ -167,14 +169,15 @@ class GPT(nn.Module):
             x = block(x, rope, mask, None if cache is None else cache[i])
         return self.ln_f(x)
 
-    def forward(self, idx, targets=None, valid=None, reduction="mean"):
+    def forward(self, idx, targets=None, valid=None, reduction="mean", cache=None, start=0):
         """lm head: the loss of predicting `targets` (B, T) (-100 = ignored), or with
-        reduction="none" the per-token negative log-likelihood (B, T); scalar head: (B, T)."""
-        h = self.trunk(idx, valid)
+        reduction="none" the per-token negative log-likelihood (B, T); without targets the
+        next-token logits (B, V) of the last position only. Scalar head: (B, T)."""
+        h = self.trunk(idx, valid, cache, start)
         if self.head == "scalar":
             return self.score(h).squeeze(-1)
         if targets is None:
-            raise ValueError("the lm head needs targets; use logits() for the next-token distribution")
+            return self.logits(h[:, -1])
         loss = ops.linear_cross_entropy(h.flatten(0, 1), self.wte.weight, targets.flatten(), reduction=reduction)
         return loss.view(targets.shape) if reduction == "none" else loss
 
@@ -182,21 +185,23 @@ class GPT(nn.Module):
         return F.linear(h, self.wte.weight).float()
 
     @torch.no_grad()
-    def generate(self, idx, valid, max_new_tokens, eos_id, pad_id, temperature=1.0, top_k=0, generator=None):
+    def generate(self, idx, valid, max_new_tokens, eos_id, pad_id, temperature=1.0, top_k=0, generator=None,
+                 early_stop=True):
         """Sample continuations with a KV cache. idx (B, T) left-padded prompts, valid (B, T).
-        Returns tokens (B, T + n) and valid (B, T + n); after eos a row gets pad, valid False."""
+        Returns tokens (B, T + n) and valid (B, T + n); after eos a row gets pad, valid False.
+        early_stop=False runs all max_new_tokens steps (ranks that must stay in lockstep)."""
         B, T = idx.shape
         cache = [{} for _ in self.h]
-        h = self.trunk(idx, valid, cache, 0)[:, -1]
+        logits = self(idx, valid=valid, cache=cache)  # through __call__, so framework hooks run
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         for t in range(max_new_tokens):
-            nxt = _sample(self.logits(h), temperature, top_k, generator)  # (B,)
+            nxt = _sample(logits, temperature, top_k, generator)  # (B,)
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
             idx, valid = torch.cat([idx, nxt[:, None]], 1), torch.cat([valid, ~done[:, None]], 1)
             done = done | (nxt == eos_id)
-            if bool(done.all()) or t == max_new_tokens - 1:
+            if (early_stop and bool(done.all())) or t == max_new_tokens - 1:
                 break
-            h = self.trunk(nxt[:, None], valid, cache, T + t)[:, -1]
+            logits = self(nxt[:, None], valid=valid, cache=cache, start=T + t)
         return idx, valid
 
 

@@ -57,7 +57,7 @@ def convert(hf: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tens
             t = t.t()
         if ".attn.c_attn." in name:
             t = t.reshape(3, cfg.n_head, cfg.head_dim, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
-        out[name] = t.contiguous()
+        out[name.replace(".mlp.c_fc.bias", ".mlp.fc_bias")] = t.contiguous()
     return out
 
 

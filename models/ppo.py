@@ -86,8 +86,10 @@ def rollout(ctx, actor, critic, ref, rm, prompts, ids, gen, kl: KLController):
     idx, valid = prompts.idx[ids].to(ctx.device), prompts.valid[ids].to(ctx.device)
     P = idx.shape[1]
     actor.module.eval()
-    seq, valid = actor.module.generate(idx, valid, cfg.max_new_tokens, tok.eos_id, tok.pad_id,
-                                       cfg.temperature, cfg.top_k, gen.dev)
+    with ctx.strategy.gathered(actor.module):
+        seq, valid = actor.module.generate(idx, valid, cfg.max_new_tokens, tok.eos_id, tok.pad_id,
+                                           cfg.temperature, cfg.top_k, gen.dev,
+                                           early_stop=not ctx.strategy.lockstep)
     mask = valid[:, P:].float()  # (B, R) response tokens
     logp = sequence_logprobs(actor.module, seq, valid, P)
     ref_logp = sequence_logprobs(ref, seq, valid, P)

@@ -20,8 +20,9 @@ def best_of_n(ctx, policy, rm, prompts, ids, gen):
     valid = prompts.valid[ids].repeat_interleave(n, 0).to(ctx.device)
     P = idx.shape[1]
     policy.eval()
-    seq, valid = policy.generate(idx, valid, cfg.max_new_tokens, tok.eos_id, tok.pad_id,
-                                 cfg.temperature, cfg.top_k, gen.dev)
+    with ctx.strategy.gathered(policy):
+        seq, valid = policy.generate(idx, valid, cfg.max_new_tokens, tok.eos_id, tok.pad_id, cfg.temperature,
+                                     cfg.top_k, gen.dev, early_stop=not ctx.strategy.lockstep)
     end = P + valid[:, P:].sum(1) - 1  # last real column of each row
     scores = ((end_scores(rm, seq, end, valid) - ctx.rm_norm[0]) / ctx.rm_norm[1]).view(-1, n)
     best = scores.argmax(1) + torch.arange(len(ids), device=scores.device) * n

@@ -8,7 +8,6 @@ PORTKIT_KILL_AFTER_STEPS=N ends the process abruptly after N steps (to test --re
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sys
@@ -174,38 +173,52 @@ def new_policy(run: Run) -> GPT:
 
 def new_scalar(run: Run, trunk: GPT) -> GPT:
     """A scalar-head model on a copy of `trunk`'s weights (the head is fresh)."""
-    model = run.strategy.parallelize(GPT(run.model_cfg, head="scalar")).to(run.device)
+    model = fresh(run, "scalar")
     missing, unexpected = model.load_state_dict(trunk.state_dict(), strict=False)
     assert not unexpected and all(m.startswith("score.") for m in missing), (missing, unexpected)
     return model
 
 
+def fresh(run: Run, head: str = "lm") -> GPT:
+    """A new model of the run's config (weights loaded by the caller), parallelized and placed."""
+    return run.strategy.parallelize(GPT(run.model_cfg, head=head)).to(run.device)
+
+
 def run_stages(run: Run) -> None:
+    """Each stage trains models built for it and ends with their final state; the next
+    stage starts from fresh models loaded from that state (frameworks such as ZeRO-3
+    leave the trained modules partitioned)."""
     from portkit.models import ppo, rejection, reward, sft
     recipe = run.recipe
     portkit.manual_seed(recipe.seed)
-    policy, rm = new_policy(run), None
+    policy = new_policy(run)
+    policy_state, rm_state = policy.state_dict(), None
     run.progress.note(f"model: {policy.num_params() / 1e6:.2f}M parameters, {run.model_cfg}")
     for k, stage in enumerate(recipe.stages):
         portkit.manual_seed(recipe.seed + k + 1)  # new heads start alike with or without --resume
         final = _final_state(run, stage)
+        policy = fresh(run)
+        policy.load_state_dict(policy_state)
         if stage == "sft":
             final = final or sft.run(run, policy)
-            policy.load_state_dict(final["policy"])
+            policy_state = final["policy"]
         elif stage == "reward":
-            rm = new_scalar(run, policy)
-            final = final or reward.run(run, rm)
-            rm.load_state_dict(final["rm"])
+            final = final or reward.run(run, new_scalar(run, policy))
+            rm_state = final["rm"]
             run.rm_norm = (final["score_mean"], final["score_std"])
             run.summary["rm_eval_acc"] = final["eval_acc"]
-        elif stage == "ppo":
-            ref = copy.deepcopy(policy)
-            critic = new_scalar(run, rm if recipe.ppo.critic_init == "reward" else policy)
-            final = final or ppo.run(run, policy, critic, ref, rm)
-            policy.load_state_dict(final["actor"])
         else:
-            final = final or rejection.run(run, policy, rm)
-            policy.load_state_dict(final["policy"])
+            rm = fresh(run, "scalar")
+            rm.load_state_dict(rm_state)
+            if stage == "ppo":
+                ref = fresh(run)
+                ref.load_state_dict(policy_state)
+                critic = new_scalar(run, rm if recipe.ppo.critic_init == "reward" else policy)
+                final = final or ppo.run(run, policy, critic, ref, rm)
+                policy_state = final["actor"]
+            else:
+                final = final or rejection.run(run, policy, rm)
+                policy_state = final["policy"]
         run.elapsed[stage] = final["elapsed"]
 
 

@@ -7,6 +7,7 @@ Framework strategies load their framework (and portkit's adapter for it) only wh
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
@@ -57,7 +58,8 @@ class Engine:
 
 class Strategy:
     name = "single"
-    sharded = False  # True when ranks hold different parts of the model (checkpoint per rank)
+    sharded = False   # True when ranks hold different parts of the model (checkpoint per rank)
+    lockstep = False  # True when every forward is a collective (ZeRO-3): no per-rank early stop
 
     def __init__(self, spec):
         self.spec = spec
@@ -87,6 +89,10 @@ class Strategy:
 
     def gather_files(self, files: dict[str, str]) -> dict[str, str]:
         return files
+
+    def gathered(self, model):
+        """Context in which the model's full parameters are present (generation); default: always."""
+        return contextlib.nullcontext()
 
     def frozen(self, model):
         model.requires_grad_(False)
@@ -205,6 +211,14 @@ class DeepSpeed(_Distributed):
         out = DeepSpeedEngine(model, engine, opt)
         out.stage = self.spec.zero_stage
         return out
+
+    @property
+    def lockstep(self):
+        return self.spec.zero_stage == 3
+
+    def gathered(self, model):
+        import deepspeed
+        return deepspeed.zero.GatheredParameters(list(model.parameters()), enabled=self.spec.zero_stage == 3)
 
 
 class Megatron(_Distributed):

@@ -5,7 +5,8 @@ slice, so a tp=N run starts from exactly the single-process weights. In order, p
   1. attn and mlp inputs pass Megatron's copy-to-tensor-parallel region (identity forward,
      all-reduce of the gradient backward);
   2. attn.c_attn keeps whole heads (rows are laid out per head as (nh, 3, hs));
-  3. mlp.c_fc keeps its column slice (for SwiGLU the gate and up halves are sliced apart);
+  3. mlp.c_fc (and the GELU bias) keeps its column slice (SwiGLU's gate and up halves are
+     sliced apart);
   4. attn.c_proj and mlp.c_proj become row-parallel: input slice, output all-reduced, then
      the full bias added once.
 Embeddings, norms and the heads stay replicated. Attention derives its local head count
@@ -61,6 +62,8 @@ def apply_tp(model, tp: int, rank: int):
         block.mlp.register_forward_pre_hook(_copy_to_region)
         _column_parallel(block.attn.c_attn, tp, rank)
         _column_parallel(block.mlp.c_fc, tp, rank, parts=2 if cfg.mlp == "swiglu" else 1)
+        if block.mlp.fc_bias is not None:
+            block.mlp.fc_bias = _rows(block.mlp.fc_bias, tp, rank)
         block.attn.c_proj = RowParallelLinear(block.attn.c_proj, tp, rank)
         block.mlp.c_proj = RowParallelLinear(block.mlp.c_proj, tp, rank)
     return model
