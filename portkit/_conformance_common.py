@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +22,6 @@ class Context:
     workdir: Path                    # scratch space of this run (checkpoints, worker outputs)
     timeout: float = 300.0           # seconds allowed to each subprocess
     select_error: str | None = None  # why the backend could not be made active, if it could not
-    notes: dict = field(default_factory=dict)
 
 
 def attempt(name: str, fn: Callable[[], str | None], fix: str = "") -> Check:
