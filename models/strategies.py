@@ -250,13 +250,54 @@ class Megatron(_Distributed):
         return Engine(model, wrapped, optimizer)
 
 
+class ColossalAIEngine(Engine):
+    def backward(self, loss):
+        self.booster.backward(loss, self.optimizer)
+
+    def set_lr(self, lr):
+        for group in getattr(self.optimizer, "optim", self.optimizer).param_groups:
+            group["lr"] = lr
+
+    def step(self):
+        if self.zero:  # LowLevelZero clips inside its step (max_norm)
+            self.optimizer.step()
+        else:
+            self.optimizer.clip_grad_by_norm(self.clip)
+            self.optimizer.step()
+        self.optimizer.zero_grad()
+
+    def state_dict(self):
+        if self.zero:
+            raise NotImplementedError("in-stage checkpoints under Colossal-AI LowLevelZero are not supported yet: "
+                                      "its optimizer state is partitioned per rank; set checkpoint_every above "
+                                      "the stage lengths (stage-end checkpoints work)")
+        return {"model": self.model_state(), "optim": self.optimizer.optim.state_dict()}
+
+    def load_state_dict(self, state):
+        if self.zero:
+            self.state_dict()
+        self.module.load_state_dict(state["model"])
+        self.optimizer.optim.load_state_dict(state["optim"])
+
+
 class ColossalAI(_Distributed):
+    """Colossal-AI's Booster with TorchDDPPlugin (plugin: ddp) or LowLevelZeroPlugin ZeRO-2
+    (plugin: zero2), on portkit's Colossal-AI adapter."""
     name = "colossalai"
 
     def setup(self):
-        _adapter("colossalai")
-        raise NotImplementedError("strategy colossalai: portkit's Colossal-AI adapter is present but this "
-                                  "strategy does not drive its booster yet")
+        _adapter("colossalai").init(backend=portkit.backend().name)
+
+    def prepare(self, model, optimizer):
+        from colossalai.booster import Booster
+        from colossalai.booster.plugin import LowLevelZeroPlugin, TorchDDPPlugin
+        zero = self.spec.plugin == "zero2"
+        plugin = LowLevelZeroPlugin(stage=2, precision="fp32", max_norm=1.0) if zero else TorchDDPPlugin()
+        booster = Booster(plugin=plugin)
+        wrapped, opt, *_ = booster.boost(model, optimizer)
+        engine = ColossalAIEngine(model, wrapped, opt)
+        engine.booster, engine.zero = booster, zero
+        return engine
 
 
 STRATEGIES: dict[str, type[Strategy]] = {"single": Strategy, "ddp": DDP, "deepspeed": DeepSpeed,
