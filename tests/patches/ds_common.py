@@ -50,18 +50,21 @@ def free_port() -> int:
 
 
 def torchrun(script: str, args: list[str], nproc: int = 2, backend: str | None = "cpu",
-             timeout: float = 300) -> "subprocess.CompletedProcess":
+             timeout: float = 300, env: dict | None = None) -> "subprocess.CompletedProcess":
     """Run `script` under torch.distributed.run on this host; raise with its output on failure."""
     import os
     import subprocess
     import sys
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
     env.pop("PORTKIT_BACKEND", None)
     if backend is not None:
         env["PORTKIT_BACKEND"] = backend
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), script, *args]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    for attempt in range(2):  # a port taken between free_port() and the rendezvous: retry once
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), script, *args]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        if done.returncode == 0 or "address already in use" not in (done.stdout + done.stderr).lower():
+            break
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}")
     return done

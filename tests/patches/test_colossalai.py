@@ -126,6 +126,37 @@ def test_launch_uses_the_backends_dist_backend_simulated_hccl(colo, monkeypatch)
     assert calls[0]["backend"] == "hccl" and fake.bound == 3
 
 
+class _FakeDeviceModule:
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *a, **k: self.calls.append(name) or 7
+
+
+class _FakeXPU(_FakeAscend):
+    name, device_type, dist_backend = "fake-xpu", "xpu", "xccl"
+    fake = _FakeDeviceModule()
+
+    @property
+    def module(self):
+        return self.fake
+
+    def current_device(self):
+        return 1
+
+
+def test_device_calls_go_to_the_backends_device_module_simulated_xpu(colo, monkeypatch):
+    fake = _FakeXPU()
+    monkeypatch.setattr(runtime, "_active", fake)
+    accel = _colo_accelerator.make()
+    accel.synchronize()
+    accel.Stream()
+    assert accel.memory_allocated() == 7 and fake.fake.calls == ["synchronize", "Stream", "memory_allocated"]
+    assert (accel.name, accel.communication_backend, accel.get_current_device()) == ("xpu", "xccl", torch.device("xpu", 1))
+    assert accel.support_set_device and not accel.is_synchronous
+
+
 @pytest.mark.slow
 def test_booster_ddp_and_low_level_zero_two_process_gloo_match_single_process(tmp_path):
     out = tmp_path / "colo.json"

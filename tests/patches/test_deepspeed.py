@@ -110,6 +110,40 @@ def test_communication_backend_is_the_backends_dist_backend_simulated_hccl(ds, m
     assert calls == [{"dist_backend": "hccl"}]
 
 
+class _FakeDeviceModule:
+    """torch.<device> of a simulated accelerator: records the calls it receives."""
+
+    class Stream:
+        pass
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *a, **k: self.calls.append((name, a)) or 7
+
+
+class _FakeAccel(_FakeAscend):
+    name, device_type, dist_backend = "fake-mlu", "mlu", "cncl"
+    fake = _FakeDeviceModule()
+
+    @property
+    def module(self):
+        return self.fake
+
+
+def test_device_calls_go_to_the_backends_device_module_simulated_mlu(ds, monkeypatch):
+    fake = _FakeAccel()
+    monkeypatch.setattr(runtime, "_active", fake)
+    accel = _ds_accelerator.make()
+    accel.synchronize(1)
+    accel.manual_seed(5)
+    assert accel.memory_allocated(0) == 7 and accel.max_memory_cached() == 7
+    assert accel.Stream is _FakeDeviceModule.Stream and not accel.is_synchronized_device()
+    assert [c[0] for c in fake.fake.calls] == ["synchronize", "manual_seed", "memory_allocated", "max_memory_reserved"]
+    assert accel.communication_backend_name() == "cncl" and accel.device_name(2) == "mlu:2"
+
+
 def _check_losses(result: dict, runs: list[str], rtol: float) -> None:
     ref = common.reference_losses()
     assert result["accelerator"] == "PortkitAccelerator" and result["world"] == 2
@@ -122,8 +156,10 @@ def _check_losses(result: dict, runs: list[str], rtol: float) -> None:
 
 @pytest.mark.slow
 def test_zero2_zero3_two_process_gloo_match_single_process(tmp_path):
-    out = tmp_path / "ds.json"
-    common.torchrun(os.path.join(HERE, "ds_worker.py"), [str(out), "2", "3", "2:fused", "3:fused"], backend="cpu")
+    out, extensions = tmp_path / "ds.json", tmp_path / "torch_extensions"
+    common.torchrun(os.path.join(HERE, "ds_worker.py"), [str(out), "2", "3", "2:fused", "3:fused"], backend="cpu",
+                    env={"TORCH_EXTENSIONS_DIR": str(extensions)})
+    assert not extensions.exists() or not any(extensions.iterdir()), "DeepSpeed compiled an op"
     result = json.loads(out.read_text())
     assert (result["device_type"], result["comm"]) == ("cpu", "gloo")
     _check_losses(result, ["2", "3", "2:fused", "3:fused"], rtol=1e-5)
@@ -131,7 +167,7 @@ def test_zero2_zero3_two_process_gloo_match_single_process(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.slow
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs of one host")
+@pytest.mark.skipif(torch.accelerator.device_count() < 2, reason="needs two GPUs of one host")
 def test_zero2_zero3_two_gpu_nccl_match_single_process(tmp_path):
     out = tmp_path / "ds_gpu.json"
     common.torchrun(os.path.join(HERE, "ds_worker.py"), [str(out), "2", "3", "2:fused", "3:fused"], backend=None)
