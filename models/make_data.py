@@ -18,7 +18,7 @@ from pathlib import Path
 
 TASKS = ("reverse", "sort", "upper")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
-SIZES = {"sft": 3000, "reward": 2000, "reward_eval": 300, "prompts": 500}
+SIZES = {"sft": 3000, "reward": 16000, "reward_eval": 300, "prompts": 500}
 
 
 def solve(prompt: str) -> str | None:

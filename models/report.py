@@ -6,7 +6,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-KL_BOUND = 1.0   # nats per response: PPO's KL to the reference must stay below this to count as bounded
+KL_BOUND = 1.0   # nats per response: the mean KL to the reference over any 10 consecutive PPO
+KL_WINDOW = 10   # iterations must stay below KL_BOUND (one rollout batch alone is noisy)
 RM_ACC_MIN = 0.9
 
 
@@ -32,9 +33,10 @@ def figures(rows: list[dict]) -> dict:
         s = [v for _, v in series(rows, stage, key)]
         if not s:
             continue
-        k = max(1, len(s) // 10)
+        k, w = max(1, len(s) // 10), min(KL_WINDOW, len(s))
         out[f"{stage}.{key}"] = {"first": s[0], "last": s[-1], "first_mean": _mean(s[:k]),
-                                 "last_mean": _mean(s[-k:]), "max": max(s), "min": min(s), "n": len(s)}
+                                 "last_mean": _mean(s[-k:]), "max": max(s), "min": min(s), "n": len(s),
+                                 "max_window_mean": max(_mean(s[i:i + w]) for i in range(len(s) - w + 1))}
     return out
 
 
@@ -46,7 +48,7 @@ def checks(fig: dict, rm_acc: float | None) -> dict:
         c[f"rm_heldout_acc_ge_{RM_ACC_MIN}"] = rm_acc >= RM_ACC_MIN
     if "ppo.reward_mean" in fig:
         c["ppo_reward_rises"] = fig["ppo.reward_mean"]["last_mean"] > fig["ppo.reward_mean"]["first_mean"]
-        c[f"ppo_kl_below_{KL_BOUND}"] = fig["ppo.kl"]["max"] < KL_BOUND
+        c[f"ppo_kl_{KL_WINDOW}iter_mean_below_{KL_BOUND}"] = fig["ppo.kl"]["max_window_mean"] < KL_BOUND
     if "rejection.reward_mean" in fig:
         c["rejection_reward_rises"] = fig["rejection.reward_mean"]["last"] > fig["rejection.reward_mean"]["first"]
     return c
