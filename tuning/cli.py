@@ -78,7 +78,8 @@ def _table(changes: list[Change], title: str):
     for c in changes:
         action = c.action if c.action != "verify-only" else f"verify-only: {'pass' if c.ok else 'FAIL'}"
         color = style.get(c.action, "green" if c.ok else "red")
-        t.add_row(c.kind, c.key, "(unset)" if c.current is None else c.current, c.wanted, f"[{color}]{action}[/]")
+        current = "-" if c.action == "launch" else "(unset)" if c.current is None else c.current
+        t.add_row(c.kind, c.key, current, c.wanted, f"[{color}]{action}[/]")
     return t
 
 

@@ -199,7 +199,8 @@ def verify(profile: Profile, root: Path | str = "/") -> list[Change]:
 
 # -- what apply writes ------------------------------------------------------------------
 def render_limits(profile: Profile) -> str:
-    lines = [f"# Managed by `portkit tune apply {profile.name}`; undo with `portkit tune rollback SNAPSHOT`.",
+    lines = [f"# portkit tuning profile {profile.name} ({' -> '.join(profile.chain)}): written by "
+             f"`portkit tune apply`, undone by `portkit tune rollback SNAPSHOT`.",
              "# pam_limits does not apply the '*' domain to root, hence the root lines."]
     for domain in ("*", "root"):
         for item, (soft, hard) in profile.ulimits.items():
