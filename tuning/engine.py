@@ -77,7 +77,7 @@ def _sysctl_changes(profile: Profile, root: Path) -> list[Change]:
         path = sysctl_path(root, key)
         text = _read(path)
         current = " ".join(text.split()) if text is not None else None
-        rows.append(_row("sysctl", key, path, current, wanted, schema.same(current, wanted)))
+        rows.append(_row("sysctl", key, path, current, wanted, schema.satisfied(current, wanted)))
     return rows
 
 
@@ -224,7 +224,7 @@ def render_nccl_conf(current: str | None, keys: dict[str, str]) -> str:
 
 def planned_writes(profile: Profile, root: Path, changes: list[Change]) -> list[Write]:
     todo = {c.kind for c in changes if c.action == "set"}
-    writes = [Write(Path(c.path), f"{c.wanted}\n".encode(), direct=True)
+    writes = [Write(Path(c.path), f"{schema.target(c.current, c.wanted)}\n".encode(), direct=True)
               for c in changes if c.kind == "sysctl" and c.action == "set"]
     if "ulimit" in todo:
         writes.append(Write(root / LIMITS_FILE, render_limits(profile).encode(), direct=False))

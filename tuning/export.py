@@ -6,6 +6,7 @@ import shlex
 
 from portkit.tuning.engine import render_limits, render_nccl_conf
 from portkit.tuning.profiles import Profile
+from portkit.tuning.schema import AT_LEAST
 
 FORMATS = ("sysctl.d", "limits.d", "env", "nccl.conf")
 
@@ -15,7 +16,14 @@ def header(profile: Profile) -> str:
 
 
 def sysctl_d(profile: Profile) -> str:
-    return header(profile) + "".join(f"{k} = {v}\n" for k, v in profile.sysctl.items())
+    """sysctl.d has no 'at least': a '>=N' value is written as N under a comment saying so."""
+    lines = []
+    for key, value in profile.sysctl.items():
+        if value.startswith(AT_LEAST):
+            value = value[len(AT_LEAST):]
+            lines.append(f"# at least {value}: `portkit tune apply` keeps larger values, this file does not\n")
+        lines.append(f"{key} = {value}\n")
+    return header(profile) + "".join(lines)
 
 
 def env_file(profile: Profile) -> str:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from portkit import config
 from portkit.tuning import schema
 from portkit.tuning.schema import ProfileError
@@ -73,6 +75,7 @@ def read_layer(path: Path) -> Layer:
         data = config.build(ProfileFile, config.load_yaml(path), str(path))
     except config.ConfigError as e:
         raise ProfileError(str(e)) from None
+    _no_duplicate_keys(path)
     values = {}
     for section in SECTIONS:
         raw = getattr(data, section)
@@ -81,10 +84,31 @@ def read_layer(path: Path) -> Layer:
     return Layer(path.stem, path, data, values)
 
 
+class _DuplicateCheck(yaml.SafeLoader):
+    """safe_load keeps the last of two equal keys; in a profile that hides a mistake."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ProfileError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice; keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _no_duplicate_keys(path: Path) -> None:
+    try:
+        yaml.load(path.read_text(), Loader=_DuplicateCheck)  # noqa: S506 - a SafeLoader subclass
+    except ProfileError as e:
+        raise ProfileError(f"{path}: {e}") from None
+
+
 def _cross_checks(prof: "Profile") -> None:
     """Checks between keys, made on the merged profile (the keys may come from different files)."""
     nofile = prof.ulimits.get("nofile")
-    nr_open = int(prof.sysctl.get("fs.nr_open", 1048576))  # 1048576: the kernel's default fs.nr_open
+    # 1048576: the kernel's default fs.nr_open; a '>=N' floor guarantees at least N
+    nr_open = int(prof.sysctl.get("fs.nr_open", "1048576").removeprefix(schema.AT_LEAST))
     if nofile and schema.limit_number(nofile[1]) > nr_open:
         raise ProfileError(f"{prof.path}: ulimits.nofile hard limit {nofile[1]} exceeds fs.nr_open {nr_open}; "
                            f"pam_limits would fail the login. Lower nofile or set sysctl fs.nr_open >= {nofile[1]}")

@@ -15,6 +15,9 @@ INT_MAX = 2**31 - 1
 LONG_MAX = 2**63 - 1
 
 
+AT_LEAST = ">="  # sysctl value prefix: raise to at least this, never lower a larger value
+
+
 class ProfileError(ValueError):
     """A profile that cannot be used; the message names the file, the key and the fix."""
 
@@ -34,10 +37,11 @@ class Spec:
 
     def describe(self) -> str:
         if self.kind == "int":
-            return f"an integer in [{self.lo}, {self.hi}]"
+            return f"an integer in [{self.lo}, {self.hi}] (a '>=' prefix only raises)"
         if self.kind == "ints":
             order = ", non-decreasing" if self.ordered else ""
-            return f"{self.count} integers in [{self.lo}, {self.hi}]{order}, e.g. {self.example!r}"
+            return (f"{self.count} integers in [{self.lo}, {self.hi}]{order}, e.g. {self.example!r} "
+                    f"(a '>=' prefix only raises)")
         if self.kind == "enum":
             return "one of " + ", ".join(map(str, self.choices))
         return f"a string like {self.example!r}"
@@ -159,6 +163,8 @@ def normalize(spec: Spec, value: Any, where: str) -> str:
         raise ProfileError(f"{where}: {value!r} is not valid; expected {spec.describe()}"
                            + (" (YAML reads yes/no/on/off as booleans: write 0 or 1)" if isinstance(value, bool) else ""))
     text = str(value).strip()
+    if text.startswith(AT_LEAST) and spec.kind in ("int", "ints"):
+        return AT_LEAST + normalize(spec, text[len(AT_LEAST):], where)
     if spec.kind == "int":
         return str(_int(text, spec, where))
     if spec.kind == "ints":
@@ -246,6 +252,29 @@ def _limit(item: str, value: Any, where: str) -> str:
 
 def limit_number(text: str) -> float:
     return float("inf") if text in ("unlimited", "infinity", "-1") else int(text)
+
+
+def satisfied(current: str | None, wanted: str) -> bool:
+    """Whether a kernel value meets `wanted`: equal tokens, or for '>=' every number at least
+    the wanted one (so a node already tuned higher is left alone, as tuned's '>' does)."""
+    if not wanted.startswith(AT_LEAST):
+        return same(current, wanted)
+    floor = wanted[len(AT_LEAST):].split()
+    now = (current or "").split()
+    if len(now) != len(floor) or not all(t.lstrip("-").isdigit() for t in now):
+        return False
+    return all(int(c) >= int(f) for c, f in zip(now, floor))
+
+
+def target(current: str | None, wanted: str) -> str:
+    """The text to write: `wanted`, or for '>=' each number raised to its floor only where below."""
+    if not wanted.startswith(AT_LEAST):
+        return wanted
+    floor = wanted[len(AT_LEAST):].split()
+    now = (current or "").split()
+    if len(now) != len(floor) or not all(t.lstrip("-").isdigit() for t in now):
+        return " ".join(floor)
+    return " ".join(str(max(int(c), int(f))) for c, f in zip(now, floor))
 
 
 def same(a: str | None, b: str | None) -> bool:

@@ -81,7 +81,8 @@ def test_cli_bad_profile_exits_2_and_touches_nothing(node, tune, tree, tmp_path,
 
 
 @pytest.mark.parametrize("fmt,expect", [
-    ("sysctl.d", "net.ipv4.tcp_rmem = 4096 131072 16777216\n"),
+    ("sysctl.d", "# at least 4096 131072 16777216: `portkit tune apply` keeps larger values, this file does not\n"
+                 "net.ipv4.tcp_rmem = 4096 131072 16777216\n"),
     ("limits.d", "*     soft  memlock  unlimited\n"),
     ("env", "export NCCL_SOCKET_IFNAME='^lo,docker,virbr'\n"),
     ("nccl.conf", "NCCL_IB_TIMEOUT=22\n"),

@@ -26,7 +26,7 @@ def test_plan_lists_exactly_the_differences(node, load):
     assert {k for k, c in changes.items() if c.action == "set"} == BASE_SETS
     assert changes["fs.nr_open"].action == "unchanged" and changes["kernel.pid_max"].action == "unchanged"
     rmem = changes["net.ipv4.tcp_rmem"]
-    assert (rmem.current, rmem.wanted) == ("4096 131072 6291456", "4096 131072 16777216")
+    assert (rmem.current, rmem.wanted) == ("4096 131072 6291456", ">=4096 131072 16777216")
     assert rmem.path == str(node / "proc/sys/net/ipv4/tcp_rmem")
     assert changes["nofile"].current == "1024/4096 (soft/hard)" and changes["nofile"].wanted == "1048576"
     assert changes["nproc"].current == "4096/- (soft/hard)" and changes["memlock"].current is None
@@ -53,6 +53,7 @@ def test_apply_then_verify_passes(node, load):
     result = engine.apply(prof, node)
     assert result.mismatches == [] and engine.verify(prof, node) == []
     assert (node / "proc/sys/net/core/somaxconn").read_text() == "65535\n"
+    assert (node / "proc/sys/net/ipv4/tcp_keepalive_time").read_text() == "300\n"
     limits = (node / engine.LIMITS_FILE).read_text()
     assert "*     hard  memlock  unlimited" in limits and "root  soft  nofile   1048576" in limits
     assert result.snapshot.parent == node / engine.SNAPSHOT_DIR and result.snapshot.is_file()
@@ -122,3 +123,15 @@ def test_apply_refuses_a_sysctl_the_kernel_does_not_have(node, load, tree):
 def test_custom_snapshot_dir(node, load, tmp_path):
     result = engine.apply(load("base"), node, snapshot_dir=tmp_path / "snaps")
     assert result.snapshot.parent == tmp_path / "snaps" and not (node / "var").exists()
+
+
+def test_at_least_values_never_lower_a_node_tuned_higher(node, load):
+    (node / "proc/sys/net/core/somaxconn").write_text("131072\n")
+    (node / "proc/sys/net/ipv4/tcp_rmem").write_text("4096\t87380\t33554432\n")
+    changes = {c.key: c for c in engine.plan(load("base"), node)}
+    assert changes["net.core.somaxconn"].action == "unchanged"
+    assert changes["net.ipv4.tcp_rmem"].action == "set"  # default 87380 is below 131072
+    engine.apply(load("base"), node)
+    assert (node / "proc/sys/net/core/somaxconn").read_text() == "131072\n"
+    assert (node / "proc/sys/net/ipv4/tcp_rmem").read_text() == "4096 131072 33554432\n"
+    assert engine.verify(load("base"), node) == []

@@ -72,7 +72,7 @@ def test_extends_chain_merges_child_over_parents(tmp_path, plugins):
 def test_shipped_chain_inherits_base(plugins):
     prof = profiles.load("dcu-rocm", plugins)
     assert prof.chain == ["base", "dcu-rocm"]
-    assert prof.sysctl["net.ipv4.tcp_rmem"] == "4096 131072 16777216"
+    assert prof.sysctl["net.ipv4.tcp_rmem"] == ">=4096 131072 16777216"
     assert prof.checks["iommu"] == "pt" and prof.env["HSA_FORCE_FINE_GRAIN_PCIE"] == "1"
 
 
@@ -92,6 +92,8 @@ BAD = [
     ("sysctl: {net.ipv4.tcp_rmem: '16777216 4096 131072'}", ["non-decreasing"]),
     ("sysctl: {net.ipv4.tcp_keepalive_probes: 500}", ["tcp_keepalive_probes", "out of range", "[1, 127]"]),
     ("sysctl: {vm.swappiness: ten}", ["vm.swappiness", "'ten' is not an integer"]),
+    ("sysctl: {net.core.default_qdisc: '>=fq'}", ["default_qdisc", "is not one of"]),
+    ("sysctl: {net.core.somaxconn: '>=-5'}", ["somaxconn", "-5 is out of range"]),
     ("env: {LD_PRELOAD: /tmp/x.so}", ["env.LD_PRELOAD", "not allowed", "NCCL_"]),
     ("env: {NCCL_IB_DISABLE: yes}", ["env.NCCL_IB_DISABLE", "booleans"]),
     ("env: {NCCL_IB_TIMEOUT: 40}", ["env.NCCL_IB_TIMEOUT", "out of range", "[1, 31]"]),
@@ -107,6 +109,7 @@ BAD = [
     ("extends: nosuch", ["extends 'nosuch'", "not a known profile", "base"]),
     ("sysctl: [vm.swappiness]", ["sysctl", "expected a mapping"]),
     ("sysctl: {vm.swappiness: 10", ["not valid YAML"]),
+    ("sysctl:\n  vm.swappiness: 10\n  vm.swappiness: 60", ["line 3: key 'vm.swappiness' appears twice"]),
 ]
 
 
