@@ -275,7 +275,12 @@ def apply(profile: Profile, root: Path | str = "/", snapshot_dir: Path | str | N
         return ApplyResult(None, [], verify(profile, root))
     preflight(writes, snap_dir)
     created = _makedirs(snap_dir)
-    snap = snapshot.take(root, writes, profile.name, snap_dir)
+    try:
+        snap = snapshot.take(root, writes, profile.name, snap_dir)
+    except OSError as e:
+        for d in reversed(created):
+            d.rmdir()
+        raise TuneError(f"cannot write the snapshot in {snap_dir}: {e.strerror or e}; nothing was changed") from None
     doc = snapshot.load(snap)
     for i, w in enumerate(writes, 1):
         try:
