@@ -37,7 +37,11 @@ def batch():
     return tokens[:, :-1], position_ids, causal, tokens[:, 1:]
 
 
-def train(tp: int, steps: int) -> list[float]:
+def norm_class(model) -> str:
+    return next(type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__)
+
+
+def train(tp: int, steps: int) -> tuple[list[float], str]:
     model = build_model(tp)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     ids, pos, mask, labels = batch()
@@ -48,7 +52,7 @@ def train(tp: int, steps: int) -> list[float]:
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    return losses
+    return losses, norm_class(model)
 
 
 def rng_fork_isolated() -> bool:
@@ -70,14 +74,19 @@ def main() -> None:
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", required=True)
+    p.add_argument("--apex-shim", action="store_true", help="install portkit's apex shim before Megatron imports")
     args = p.parse_args()
+    if args.apex_shim:
+        from portkit.patches import apex
+        apex.install()
     megatron.init(tp=args.tp, seed=1234)
     rng_ok = rng_fork_isolated()
-    losses = train(args.tp, args.steps)
+    losses, norm = train(args.tp, args.steps)
     if torch.distributed.get_rank() == 0:
         with open(args.out, "w") as f:
             json.dump({"losses": losses, "world": torch.distributed.get_world_size(), "tp": args.tp,
                        "device": str(portkit.device()), "rng_fork_isolated": rng_ok,
+                       "norm": norm,
                        "patches": {p.name: p.state for p in megatron.PATCHES}}, f)
     torch.distributed.destroy_process_group()
 
