@@ -16,6 +16,9 @@ For a recipe:
     from portkit.patches import megatron
     megatron.init(tp=2, pp=1, seed=1234)   # under torchrun: patches, process group, parallel_state
 
+On npu/mlu/xpu `init` also turns on the global torch.cuda redirection (patches/torch_cuda.py),
+since Megatron moves tensors with Tensor.cuda() too.
+
 NVIDIA apex: `init` does not install portkit's apex shim. Megatron-core's bare
 `import apex` checks then fail and it takes its torch code paths (WrappedTorchNorm,
 torch optimizers). Installing the shim first (`portkit.patches.apex.install()`) is
@@ -117,11 +120,12 @@ def _unpatch_random(module: Any) -> None:
 
 
 def _patch(target: str) -> Patch:
+    short = target.removeprefix("megatron.core.")
     if target == RANDOM:
-        return Patch(name=f"megatron.rng:{target}", framework=FRAMEWORK, versions=VERSIONS, target=target,
+        return Patch(name=f"megatron.rng:{short}", framework=FRAMEWORK, versions=VERSIONS, target=target,
                      description="RNG tracker states and torch.cuda on the backend's device (fork, seed)",
                      apply=_patch_random, undo=_unpatch_random, needed=_needed)
-    return Patch(name=f"megatron.torch_cuda:{target}", framework=FRAMEWORK, versions=VERSIONS, target=target,
+    return Patch(name=f"megatron.redirect:{short}", framework=FRAMEWORK, versions=VERSIONS, target=target,
                  description="torch.cuda and device='cuda' in this module go to the active backend",
                  apply=_redirect, undo=_unredirect, needed=_needed)
 
@@ -144,6 +148,7 @@ def init(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_s: float = 600.0) -
     sets it) if not yet started, and initialise Megatron's parallel_state and RNG tracker."""
     backend = runtime.active()
     enable()
+    torch_cuda.install()  # npu/mlu/xpu: Megatron also calls Tensor.cuda(); skipped on cuda and cpu
     _init_process_group(backend, timeout_s)
     from megatron.core import parallel_state, tensor_parallel
 

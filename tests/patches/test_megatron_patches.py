@@ -62,3 +62,17 @@ def test_rng_state_helpers_use_the_backend_generator(monkeypatch):
     assert torch.equal(torch.rand(3), first)
     with pytest.raises(NotImplementedError, match="use_cudagraphable_rng"):
         megatron._get_rng_state(graph_safe=True)
+
+
+def test_redirect_on_npu_uses_torch_npu_simulated(monkeypatch):
+    fake_npu = types.SimpleNamespace(current_device=lambda: 0, manual_seed=lambda seed: None)
+    monkeypatch.setattr(torch, "npu", fake_npu, raising=False)
+    monkeypatch.setattr(runtime, "_active", FakeBackend("npu"))
+    mod = types.ModuleType("fake_megatron_module")
+    mod.torch = torch
+    megatron._redirect(mod)
+    try:
+        assert mod.torch.cuda is fake_npu and mod.torch.cuda.current_device() == 0
+        assert megatron._needed() is None
+    finally:
+        megatron._unredirect(mod)
