@@ -35,6 +35,13 @@ from portkit.patching import Patch
 
 TORCH_VERSIONS = ">=2.4,<2.14"  # tested on 2.11 (GPU machines) and 2.13 (CPU)
 
+# torch functions and Tensor methods that take a device: 'cuda' there is mapped
+FACTORIES = ["empty", "zeros", "ones", "full", "rand", "randn", "randint", "randperm", "arange",
+             "linspace", "logspace", "eye", "tensor", "as_tensor", "empty_strided", "empty_like",
+             "zeros_like", "ones_like", "full_like", "rand_like", "randn_like", "randint_like",
+             "normal", "scalar_tensor", "tril_indices", "triu_indices"]
+TENSOR_METHODS = ["to", "new_empty", "new_zeros", "new_ones", "new_full", "new_tensor"]
+
 
 # -- the CPU stand-in for torch.cuda ----------------------------------------------------
 class _Event:
@@ -234,18 +241,9 @@ def _device_class(device_type: str):
 
 
 # -- the global redirection for npu / mlu / xpu ------------------------------------------
-FACTORIES = ["empty", "zeros", "ones", "full", "rand", "randn", "randint", "randperm", "arange",
-             "linspace", "logspace", "eye", "tensor", "as_tensor", "empty_strided", "empty_like",
-             "zeros_like", "ones_like", "full_like", "rand_like", "randn_like", "randint_like",
-             "normal", "scalar_tensor", "tril_indices", "triu_indices"]
-TENSOR_METHODS = ["to", "new_empty", "new_zeros", "new_ones", "new_full", "new_tensor"]
 
 
 _STATE: dict = {"saved": [], "type": None}  # what redirect() replaced, to put back in reverse
-
-
-def _redirect_state() -> dict:
-    return _STATE
 
 
 def map_device(device: Any, device_type: str) -> Any:
@@ -302,7 +300,7 @@ def _init_process_group(fn):
 
 
 def _set(owner: Any, name: str, value: Any) -> None:
-    _redirect_state()["saved"].append((owner, name, owner.__dict__.get(name, _MISSING)))
+    _STATE["saved"].append((owner, name, owner.__dict__.get(name, _MISSING)))
     setattr(owner, name, value)
 
 
@@ -311,7 +309,7 @@ _MISSING = object()
 
 def redirect(device_type: str) -> None:
     """Send torch.cuda calls and 'cuda' devices to `device_type` (npu, mlu, xpu ...)."""
-    state = _redirect_state()
+    state = _STATE
     if state["type"] is not None:
         raise patching.PatchError(f"torch.cuda is already redirected to {state['type']!r}; undo it first")
     target = getattr(torch, device_type, None)
@@ -354,7 +352,7 @@ def _generator(device_type: str):
 
 
 def undo_redirect() -> None:
-    state = _redirect_state()
+    state = _STATE
     for owner, name, old in reversed(state["saved"]):
         if old is _MISSING:
             delattr(owner, name)
@@ -366,7 +364,7 @@ def undo_redirect() -> None:
 
 def redirected_to() -> str | None:
     """The device type torch.cuda is redirected to now, or None."""
-    return _redirect_state()["type"]
+    return _STATE["type"]
 
 
 def _needed() -> str | None:
