@@ -3,17 +3,17 @@
 Public API (everything else is internal):
     portkit.device(), portkit.dist_backend(), portkit.device_count(), portkit.synchronize(),
     portkit.memory_stats(), portkit.manual_seed(), portkit.capabilities(), portkit.peak_bf16_tflops(),
-    portkit.backend() / portkit.select_backend(name), portkit.Backend, portkit.hookimpl.
+    portkit.backend() / portkit.select_backend(name) / portkit.registered_backends(), portkit.Backend, portkit.hookimpl.
 Importing portkit imports no training framework (deepspeed, colossalai, megatron).
 """
 from portkit.backend import Backend, Capabilities
 from portkit.hookspecs import hookimpl
-from portkit.runtime import (BackendError, active as backend, backends, capabilities, device,
+from portkit.runtime import (BackendError, active as backend, backends as registered_backends, capabilities, device,
                              device_count, dist_backend, manual_seed, memory_stats, peak_bf16_tflops,
                              select as select_backend, synchronize)
 
 __version__ = "0.1.0"
 
-__all__ = ["Backend", "BackendError", "Capabilities", "hookimpl", "backend", "backends", "capabilities",
+__all__ = ["Backend", "BackendError", "Capabilities", "hookimpl", "backend", "registered_backends", "capabilities",
            "device", "device_count", "dist_backend", "manual_seed", "memory_stats", "peak_bf16_tflops",
            "select_backend", "synchronize", "__version__"]

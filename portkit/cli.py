@@ -19,7 +19,9 @@ COMMANDS = {  # name -> (module, one-line help)
 }
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; only `command`'s module is imported and configured (a broken or
+    slow command never stands in the way of the others)."""
     p = argparse.ArgumentParser(
         prog="portkit",
         description="Run one training recipe unchanged on CUDA, ROCm/DCU, NPU, MLU, XPU or CPU.",
@@ -29,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
     for name, (module, help_) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(_module=module)
-        mod = _load(module)
+        mod = _load(module) if name == command else None
         if mod is not None:
             mod.configure(sp)
     return p
@@ -45,7 +47,9 @@ def _load(module: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = parser(command).parse_args(argv)
     mod = _load(args._module)
     if mod is None:
         print(f"portkit {args.command}: not available in this build ({args._module} is missing)", file=sys.stderr)

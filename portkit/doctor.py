@@ -96,7 +96,7 @@ def patches() -> list[dict[str, Any]]:
     rows = []
     for p in registered:
         rows.append({"name": p.name, "framework": p.framework, "versions": p.versions,
-                     "installed": patching.framework_version(p.framework), "target": p.target,
+                     "installed": patching.framework_version(p.gate or p.framework), "target": p.target,
                      "state": p.state, "reason": p.reason or patching.check_version(p) or "",
                      "description": p.description})
     return rows

@@ -159,7 +159,7 @@ import json, sys
 heavy = lambda: sorted(m for m in sys.modules if m.split('.')[0] in {FRAMEWORKS!r})
 import portkit
 after_import = heavy()
-portkit.backends()
+portkit.registered_backends()
 from portkit import doctor
 found = doctor.frameworks()
 print(json.dumps({{"import": after_import, "doctor": heavy(), "found": found}}))
