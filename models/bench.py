@@ -11,6 +11,13 @@ Variants, each over the same shapes and the same random tokens:
                      F.cross_entropy), fp32 parameters under bf16 autocast,
                      torch.optim.AdamW(fused=True) where the device has it
   native-compiled    the same under torch.compile
+  native-bf16        the plain-torch nanoGPT with bf16 parameters and ops.FusedAdamW, run with
+                     the registry forced to "reference" like portkit-reference: the same
+                     precision and optimizer, so the two differ only in the model code
+                     (portkit's op dispatch, reference ops, patches) and the loss path
+
+The dispatch overhead row compares portkit-reference with native-bf16 when both ran (else
+with native-eager, whose precision and optimizer also differ; the row says which).
 
 Step time is the median wall time of a whole step (forward, backward, optimizer step,
 synchronized) after the warmup steps. MFU = flops per token * tokens/s / peak, with
@@ -49,8 +56,9 @@ import portkit.ops as ops
 from portkit.ops import registry
 
 SCHEMA = "portkit.bench.train/1"
-VARIANTS = ("portkit", "portkit-compiled", "portkit-reference", "native-eager", "native-compiled")
-DEFAULT_VARIANTS = ("portkit", "portkit-reference", "native-eager", "native-compiled")
+VARIANTS = ("portkit", "portkit-compiled", "portkit-reference", "native-eager", "native-compiled", "native-bf16")
+DEFAULT_VARIANTS = ("portkit", "portkit-reference", "native-eager", "native-compiled", "native-bf16")
+REFERENCE_MODE = ("portkit-reference", "native-bf16")  # run with registry.set_mode("reference")
 FLOPS_FORMULA = "6*N + 12*L*d*T flops per token (N: params without wpe; full T x T attention)"
 
 
@@ -224,6 +232,10 @@ def build(variant: str, p: Preset, seq: int, compile_backend: str) -> Built:
         opt = ops.FusedAdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
         step_model = torch.compile(model, backend=compile_backend) if variant == "portkit-compiled" else model
         return Built(model, step_model, opt, False, "bf16 params, fp32 masters", "portkit FusedAdamW")
+    if variant == "native-bf16":
+        model = NativeGPT(p, seq).to(device=portkit.device(), dtype=torch.bfloat16)
+        opt = ops.FusedAdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+        return Built(model, model, opt, False, "bf16 params, fp32 masters", "portkit FusedAdamW")
     model = NativeGPT(p, seq).to(portkit.device())
     opt, fused = native_adamw(model)
     step_model = torch.compile(model, backend=compile_backend) if variant == "native-compiled" else model
@@ -295,7 +307,7 @@ def release() -> None:
 @contextlib.contextmanager
 def ops_mode(variant: str):
     before = registry.mode()
-    if variant == "portkit-reference":
+    if variant in REFERENCE_MODE:
         registry.set_mode("reference")
     try:
         yield registry.mode()
@@ -343,13 +355,14 @@ def _train(variant: str, p: Preset, batch: int, seq: int, ta: TrainArgs) -> dict
 
 
 def overheads(results: list[dict]) -> list[dict]:
-    """portkit-reference step time against native-eager, per model: the dispatch + patch cost."""
+    """portkit-reference step time against plain torch, per model: the dispatch + patch cost."""
     out = []
     for name in dict.fromkeys(r["model"] for r in results):
         by = {r["variant"]: r for r in results if r["model"] == name and not r["error"]}
-        if "portkit-reference" in by and "native-eager" in by:
-            ref, nat = by["portkit-reference"]["step_ms"], by["native-eager"]["step_ms"]
-            out.append({"model": name, "portkit_reference_ms": ref, "native_eager_ms": nat,
+        peer = next((v for v in ("native-bf16", "native-eager") if v in by), None)
+        if "portkit-reference" in by and peer:
+            ref, nat = by["portkit-reference"]["step_ms"], by[peer]["step_ms"]
+            out.append({"model": name, "portkit_reference_ms": ref, "peer": peer, "peer_ms": nat,
                         "overhead_pct": round(100 * (ref - nat) / nat, 2)})
     return out
 
@@ -464,8 +477,8 @@ def print_table(report: dict) -> None:
     console.width = max(console.width, 160)
     console.print(table)
     for o in report["overhead"]:
-        console.print(f"{o['model']}: portkit-reference {o['portkit_reference_ms']:.1f} ms vs native-eager "
-                      f"{o['native_eager_ms']:.1f} ms: dispatch + patch overhead {o['overhead_pct']:+.2f}%")
+        console.print(f"{o['model']}: portkit-reference {o['portkit_reference_ms']:.1f} ms vs {o['peer']} "
+                      f"{o['peer_ms']:.1f} ms: dispatch + patch overhead {o['overhead_pct']:+.2f}%")
     if report["ppo"]:
         console.print(_ppo_line(report["ppo"]))
 
