@@ -298,6 +298,7 @@ def peak_bytes() -> Optional[int]:
 
 
 def release() -> None:
+    torch._dynamo.reset()  # compiled graphs hold their model's parameters
     gc.collect()
     module = portkit.backend().module
     if hasattr(module, "empty_cache"):
