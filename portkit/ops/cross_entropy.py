@@ -125,7 +125,8 @@ def _reduce(loss_rows: Tensor, target: Tensor, ignore_index: int, reduction: str
 def _lce(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor], ignore_index: int,
          reduction: str, with_grads: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     scale = _scale(target, ignore_index, reduction) if with_grads else None
-    loss_rows, gh, gw, gb = _impl(hidden)(hidden, weight, target, bias, ignore_index, scale)
+    with torch.autocast(hidden.device.type, enabled=False):  # dtypes are settled by the caller
+        loss_rows, gh, gw, gb = _impl(hidden)(hidden, weight, target, bias, ignore_index, scale)
     return _reduce(loss_rows, target, ignore_index, reduction), gh, gw, gb
 
 
@@ -142,7 +143,8 @@ def _(hidden, weight, target, bias, ignore_index, reduction, with_grads):
 def _lce_backward(grad_loss: Tensor, hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor],
                   ignore_index: int) -> tuple[Tensor, Tensor, Tensor]:
     """reduction "none": recompute the chunks with the per-row upstream gradient."""
-    _, gh, gw, gb = _impl(hidden)(hidden, weight, target, bias, ignore_index, grad_loss.float().contiguous())
+    with torch.autocast(hidden.device.type, enabled=False):
+        _, gh, gw, gb = _impl(hidden)(hidden, weight, target, bias, ignore_index, grad_loss.float().contiguous())
     return gh, gw, gb
 
 
@@ -177,7 +179,12 @@ _lce.register_autograd(_backward, setup_context=_setup)
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor] = None,
                          ignore_index: int = -100, reduction: str = "mean") -> Tensor:
     """cross_entropy(hidden @ weight.T (+ bias), target) in fp32, in chunks of rows.
-    hidden (N, d), weight (V, d), target (N,) int64; reduction "mean", "sum" or "none"."""
+    hidden (N, d), weight (V, d), target (N,) int64; reduction "mean", "sum" or "none".
+    Under autocast the matmuls run in the autocast dtype, as F.linear's would."""
+    if torch.is_autocast_enabled(hidden.device.type):
+        dtype = torch.get_autocast_dtype(hidden.device.type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
     _check(hidden, weight, target, bias, reduction)
     needs = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     with_grads = needs and reduction != "none"

