@@ -2,7 +2,8 @@
 SFT), a frozen reference (the SFT policy) and a frozen reward model.
 
 Per iteration: sample responses with the KV cache; reward = the reward model's score
-(standardised by its held-out mean/std) at the last token, minus kl_coef * KL per token
+(standardised by its held-out mean/std) at the last token, less the same score of the
+reference's greedy response to that prompt (a per-prompt baseline), minus kl_coef * KL per token
 (k1: log pi - log ref; k3: (r - 1) - log r with r = ref / pi); GAE advantages; a few
 epochs of the clipped policy loss and the clipped value loss; fixed or adaptive KL coefficient.
 """
@@ -80,8 +81,30 @@ class KLController:
         self.coef = state["coef"]
 
 
+def standard_scores(ctx, rm, seq, valid, P):
+    """The reward model's score at each row's last real response token, standardised by its
+    held-out mean/std: (B,)."""
+    end = P + valid[:, P:].sum(1).long() - 1
+    return (end_scores(rm, seq, end, valid) - ctx.rm_norm[0]) / ctx.rm_norm[1]
+
+
 @torch.no_grad()
-def rollout(ctx, actor, critic, ref, rm, prompts, ids, gen, kl: KLController):
+def reference_scores(ctx, ref, rm, prompts, batch: int = 128):
+    """The standardised score of the reference's greedy response to every prompt: (N,).
+    Subtracted from the reward, it leaves the expected policy gradient as it is and removes
+    the spread between prompts, which is most of the reward's variance."""
+    cfg, tok = ctx.recipe.ppo, ctx.tok
+    out = []
+    for i in range(0, len(prompts.idx), batch):
+        idx, valid = prompts.idx[i:i + batch].to(ctx.device), prompts.valid[i:i + batch].to(ctx.device)
+        seq, valid = ref.generate(idx, valid, cfg.max_new_tokens, tok.eos_id, tok.pad_id, 0.0, 0, None,
+                                  early_stop=not ctx.strategy.lockstep)
+        out.append(standard_scores(ctx, rm, seq, valid, idx.shape[1]))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def rollout(ctx, actor, critic, ref, rm, prompts, ids, gen, kl: KLController, baseline):
     cfg, tok = ctx.recipe.ppo, ctx.tok
     idx, valid = prompts.idx[ids].to(ctx.device), prompts.valid[ids].to(ctx.device)
     P = idx.shape[1]
@@ -95,15 +118,16 @@ def rollout(ctx, actor, critic, ref, rm, prompts, ids, gen, kl: KLController):
     ref_logp = sequence_logprobs(ref, seq, valid, P)
     critic.module.eval()
     values = critic.module(seq[:, :-1], valid=valid[:, :-1])[:, P - 1:] * mask
+    raw = standard_scores(ctx, rm, seq, valid, P)
+    score = raw - baseline[ids.to(baseline.device)]
     end = P + mask.sum(1).long() - 1
-    score = (end_scores(rm, seq, end, valid) - ctx.rm_norm[0]) / ctx.rm_norm[1]
     kl_tok = kl_penalty(logp, ref_logp, cfg.kl_estimator) * mask
     rewards = -kl.coef * kl_tok
     rewards[torch.arange(len(end)), end - P] += score
     adv, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
     texts = [tok.decode(row[P:][m.bool()].tolist()) for row, m in zip(seq.cpu(), mask.cpu())]
     return dict(seq=seq, valid=valid, mask=mask, logp=logp, values=values, adv=whiten(adv, mask),
-                returns=returns, score=score, kl=(kl_tok.sum(1)), texts=texts, P=P)
+                returns=returns, score=score, raw=raw, kl=(kl_tok.sum(1)), texts=texts, P=P)
 
 
 def rule_accuracy(prompts: list[str], responses: list[str]) -> float | None:
@@ -141,22 +165,33 @@ def update(ctx, actor, critic, roll, gen) -> dict:
     return {k: v / n for k, v in stats.items()}
 
 
+@torch.no_grad()
+def zero_value_head(critic) -> None:
+    """Start the critic's head at 0: rewards are relative to the reference's, so their expected
+    value starts near 0 (a head copied from the reward model predicts raw scores of another
+    scale, and the first value losses would swamp the critic's updates)."""
+    critic.score.weight.zero_()
+    critic.score.bias.zero_()
+
+
 def run(ctx, actor_model, critic_model, ref, rm):
     cfg = ctx.recipe.ppo
+    zero_value_head(critic_model)
     prompts = ctx.prompts(cfg.max_new_tokens)
     actor = ctx.engine(actor_model, cfg.actor_lr, 0.0)
     critic = ctx.engine(critic_model, cfg.critic_lr, 0.0)
     ref, rm = ctx.strategy.frozen(ref), ctx.strategy.frozen(rm)
     gen = ctx.generator("ppo")
     kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+    baseline = reference_scores(ctx, ref, rm, prompts)
 
     def step(i):
         t0 = time.perf_counter()
         ids = ctx.shard(torch.randint(len(prompts.idx), (cfg.rollout_batch,), generator=gen.cpu))
-        roll = rollout(ctx, actor, critic, ref, rm, prompts, ids, gen, kl)
+        roll = rollout(ctx, actor, critic, ref, rm, prompts, ids, gen, kl, baseline)
         out = update(ctx, actor, critic, roll, gen)
         acc = rule_accuracy([prompts.text[j] for j in ids.tolist()], roll["texts"])
-        out.update(reward_mean=roll["score"].mean().item(), kl=roll["kl"].mean().item(),
+        out.update(reward_mean=roll["score"].mean().item(), score_mean=roll["raw"].mean().item(), kl=roll["kl"].mean().item(),
                    response_len=roll["mask"].sum(1).mean().item(), rule_acc=acc)
         out = ctx.strategy.all_reduce_mean(out)
         out.update(kl_coef=kl.coef, samples_per_s=cfg.rollout_batch / (time.perf_counter() - t0))
