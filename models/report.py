@@ -28,7 +28,7 @@ def figures(rows: list[dict]) -> dict:
     """First/last values (and means of the first/last tenth, which noise moves less)."""
     out = {}
     for stage, key in (("sft", "loss"), ("reward", "loss"), ("reward", "eval_acc"), ("ppo", "reward_mean"),
-                       ("ppo", "kl"), ("ppo", "rule_acc"), ("rejection", "reward_mean"),
+                       ("ppo", "score_mean"), ("ppo", "kl"), ("ppo", "rule_acc"), ("rejection", "reward_mean"),
                        ("rejection", "rule_acc_best")):
         s = [v for _, v in series(rows, stage, key)]
         if not s:
@@ -68,8 +68,8 @@ def plot(rows: list[dict], out: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    panels = [("sft", "loss"), ("reward", "loss"), ("reward", "eval_acc"), ("ppo", "reward_mean"), ("ppo", "kl"),
-              ("ppo", "rule_acc"), ("rejection", "reward_mean"), ("rejection", "loss")]
+    panels = [("sft", "loss"), ("reward", "loss"), ("reward", "eval_acc"), ("ppo", "reward_mean"), ("ppo", "score_mean"),
+              ("ppo", "kl"), ("ppo", "rule_acc"), ("rejection", "reward_mean"), ("rejection", "loss")]
     made = []
     for stage in dict.fromkeys(s for s, _ in panels):
         keys = [k for s, k in panels if s == stage and series(rows, stage, k)]
