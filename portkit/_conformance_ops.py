@@ -339,7 +339,8 @@ def compare_public(b: Backend, name: str, fn: Callable) -> str | None:
 
 def run_public(fn: Callable, args: tuple, kwargs: dict, dy: torch.Tensor, device: torch.device,
                no_grad: tuple) -> _Run:
-    leaves = [a.to(device).requires_grad_(i not in no_grad) if isinstance(a, torch.Tensor) and a.is_floating_point()
+    # detach + copy: a fresh leaf on every device (on the CPU .to() would return `a` itself)
+    leaves = [a.detach().to(device, copy=True).requires_grad_(i not in no_grad) if isinstance(a, torch.Tensor) and a.is_floating_point()
               else (a.to(device) if isinstance(a, torch.Tensor) else a) for i, a in enumerate(args)]
     out = fn(*leaves, **kwargs)
     out.backward(dy.to(device))
