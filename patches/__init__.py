@@ -12,13 +12,4 @@ MODULES = ["deepspeed", "colossalai", "megatron", "apex", "torch_cuda"]
 
 @hookimpl
 def portkit_register_patches():
-    patches = []
-    for name in MODULES:
-        try:
-            mod = importlib.import_module(f"portkit.patches.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"portkit.patches.{name}":
-                raise
-            continue  # adapter module not present in this build
-        patches.extend(mod.PATCHES)
-    return patches
+    return [p for name in MODULES for p in importlib.import_module(f"portkit.patches.{name}").PATCHES]
