@@ -52,7 +52,17 @@ def runs_triton(backend) -> bool:
     return backend.capabilities().triton
 
 
+def has_torch_kernels(backend) -> bool:
+    return backend.device_type == "cuda"  # CUDA and ROCm builds ship aten's fused LayerNorm
+
+
+# Measured faster than the Triton LayerNorm on H100 (docs/benchmarks.md): preferred where present.
+NATIVE = {"layer_norm_fwd": "layer_norm_fwd", "layer_norm_bwd": "layer_norm_bwd"}
+
+
 @hookimpl
 def portkit_register_ops():
     from portkit.ops import OpImpl  # registers the references the implementations attach to
-    return [OpImpl(op, LazyKernel(mod, fn), runs_triton, PRIORITY, NAME) for op, (mod, fn) in TABLE.items()]
+    return ([OpImpl(op, LazyKernel(mod, fn), runs_triton, PRIORITY, NAME) for op, (mod, fn) in TABLE.items()]
+            + [OpImpl(op, LazyKernel("norms_native", fn), has_torch_kernels, PRIORITY + 10, "aten")
+               for op, fn in NATIVE.items()])
