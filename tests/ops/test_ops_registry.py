@@ -13,7 +13,10 @@ from portkit.ops.plugin import LazyKernel
 
 @pytest.fixture
 def impls(monkeypatch):
-    """A private copy of the registered implementations, restored after the test."""
+    """A private copy of the registered implementations, restored after the test, with the
+    cpu backend active (these tests use CPU tensors, also on a GPU machine)."""
+    from portkit import runtime
+    monkeypatch.setattr(runtime, "_active", runtime.backends()["cpu"])
     registry.choose("rms_norm_fwd")  # plugins loaded before the copy
     monkeypatch.setattr(registry, "_impls", {k: list(v) for k, v in registry._impls.items()})
     monkeypatch.setattr(registry, "_cache", {})
