@@ -56,22 +56,31 @@ def same_params(got: torch.nn.Module, want: torch.nn.Module, what: str) -> str |
 
 
 # -- DeepSpeed -----------------------------------------------------------------------------
-def deepspeed_step(b: Backend) -> list[Check]:
-    from portkit.patches import deepspeed as ds_patch
-    checks = [attempt("adapter init (portkit.patches.deepspeed.init)", lambda: _ds_init(ds_patch, b))]
+def _framework_checks(b: Backend, framework: str, accelerator, built: str, build, stepped: str,
+                      step) -> list[Check]:
+    """The shared order of a framework group: adapter init, accelerator, build, one step."""
+    import importlib
+    patch = importlib.import_module(f"portkit.patches.{framework}")
+    checks = [attempt(f"adapter init (portkit.patches.{framework}.init)", lambda: _init(patch, b))]
     if not checks[0].ok:
         return checks
-    checks.append(attempt("DeepSpeed accelerator answers for the backend", lambda: _ds_accelerator(b)))
+    checks.append(attempt(accelerator[0], lambda: accelerator[1](b)))
     state: dict = {}
-    checks.append(attempt("ZeRO-2 engine built", lambda: _ds_engine(b, state)))
+    checks.append(attempt(built, lambda: build(b, state)))
     if checks[-1].ok:
-        checks.append(attempt("one ZeRO-2 step equals a plain AdamW step", lambda: _ds_step(b, state)))
+        checks.append(attempt(stepped, lambda: step(b, state)))
     return checks
 
 
-def _ds_init(ds_patch, b: Backend) -> str | None:
-    chosen = ds_patch.init(b.name)
+def _init(patch, b: Backend) -> str | None:
+    chosen = patch.init(b.name)
     return None if chosen.name == b.name else f"init() selected backend {chosen.name!r}, not {b.name!r}"
+
+
+def deepspeed_step(b: Backend) -> list[Check]:
+    return _framework_checks(b, "deepspeed", ("DeepSpeed accelerator answers for the backend", _ds_accelerator),
+                             "ZeRO-2 engine built", _ds_engine,
+                             "one ZeRO-2 step equals a plain AdamW step", _ds_step)
 
 
 def _ds_accelerator(b: Backend) -> str | None:
@@ -110,21 +119,10 @@ def _ds_step(b: Backend, state: dict) -> str | None:
 
 # -- Colossal-AI ---------------------------------------------------------------------------
 def colossalai_step(b: Backend) -> list[Check]:
-    from portkit.patches import colossalai as clai_patch
-    checks = [attempt("adapter init (portkit.patches.colossalai.init)", lambda: _clai_init(clai_patch, b))]
-    if not checks[0].ok:
-        return checks
-    checks.append(attempt("Colossal-AI accelerator answers for the backend", lambda: _clai_accelerator(b)))
-    state: dict = {}
-    checks.append(attempt("Booster with LowLevelZeroPlugin(stage=2) built", lambda: _clai_boost(b, state)))
-    if checks[-1].ok:
-        checks.append(attempt("one ZeRO-2 Booster step equals a plain AdamW step", lambda: _clai_step(b, state)))
-    return checks
-
-
-def _clai_init(clai_patch, b: Backend) -> str | None:
-    chosen = clai_patch.init(b.name)
-    return None if chosen.name == b.name else f"init() selected backend {chosen.name!r}, not {b.name!r}"
+    return _framework_checks(b, "colossalai",
+                             ("Colossal-AI accelerator answers for the backend", _clai_accelerator),
+                             "Booster with LowLevelZeroPlugin(stage=2) built", _clai_boost,
+                             "one ZeRO-2 Booster step equals a plain AdamW step", _clai_step)
 
 
 def _clai_accelerator(b: Backend) -> str | None:
