@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from portkit.ops import registry
-from portkit.ops._op import as_rows, check_vector, pick
+from portkit.ops._op import as_rows, call, check_vector, custom_op, pick, with_autograd
 
 GELU_K = math.sqrt(2.0 / math.pi)
 GELU_C = 0.044715
@@ -61,7 +61,7 @@ def swiglu_bwd(dy: Tensor, x: Tensor) -> Tensor:
 
 
 # -- bias_gelu custom op ------------------------------------------------------------------
-@torch.library.custom_op("portkit::bias_gelu", mutates_args=())
+@custom_op("portkit::bias_gelu")
 def _bias_gelu(x: Tensor, bias: Optional[Tensor]) -> Tensor:
     return pick("bias_gelu_fwd", bias_gelu_fwd, x)(as_rows(x), bias).view(x.shape)
 
@@ -71,7 +71,7 @@ def _(x, bias):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("portkit::bias_gelu_backward", mutates_args=())
+@custom_op("portkit::bias_gelu_backward")
 def _bias_gelu_backward(dy: Tensor, x: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     dx, db = pick("bias_gelu_bwd", bias_gelu_bwd, x)(as_rows(dy), as_rows(x), bias)
     return dx.view(x.shape), db
@@ -88,21 +88,21 @@ def _bg_setup(ctx, inputs, output):
 
 def _bg_backward(ctx, dy):
     x, bias = ctx.saved_tensors
-    dx, db = _bias_gelu_backward(dy, x, bias)
+    dx, db = call(ctx, _bias_gelu_backward)(dy, x, bias)
     return dx, (db if bias is not None else None)
 
 
-_bias_gelu.register_autograd(_bg_backward, setup_context=_bg_setup)
+_bias_gelu_fn = with_autograd(_bias_gelu, _bg_backward, _bg_setup)
 
 
 def bias_gelu(x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """gelu(x + bias) with the tanh approximation, computed in fp32; bias (H,) or None."""
     check_vector("bias", bias, x.shape[-1], "bias_gelu")
-    return _bias_gelu(x, bias)
+    return _bias_gelu_fn(x, bias)
 
 
 # -- swiglu custom op ---------------------------------------------------------------------
-@torch.library.custom_op("portkit::swiglu", mutates_args=())
+@custom_op("portkit::swiglu")
 def _swiglu(x: Tensor) -> Tensor:
     y = pick("swiglu_fwd", swiglu_fwd, x)(as_rows(x))
     return y.view(*x.shape[:-1], x.shape[-1] // 2)
@@ -113,7 +113,7 @@ def _(x):
     return x.new_empty(*x.shape[:-1], x.shape[-1] // 2)
 
 
-@torch.library.custom_op("portkit::swiglu_backward", mutates_args=())
+@custom_op("portkit::swiglu_backward")
 def _swiglu_backward(dy: Tensor, x: Tensor) -> Tensor:
     return pick("swiglu_bwd", swiglu_bwd, x)(as_rows(dy), as_rows(x)).view(x.shape)
 
@@ -129,10 +129,10 @@ def _sw_setup(ctx, inputs, output):
 
 def _sw_backward(ctx, dy):
     (x,) = ctx.saved_tensors
-    return _swiglu_backward(dy, x)
+    return call(ctx, _swiglu_backward)(dy, x)
 
 
-_swiglu.register_autograd(_sw_backward, setup_context=_sw_setup)
+_swiglu_fn = with_autograd(_swiglu, _sw_backward, _sw_setup)
 
 
 def swiglu(x: Tensor) -> Tensor:
@@ -140,4 +140,4 @@ def swiglu(x: Tensor) -> Tensor:
     if x.shape[-1] % 2:
         raise ValueError(f"swiglu: the last dimension of x is {x.shape[-1]}; it must be even "
                          f"(packed [gate | up])")
-    return _swiglu(x)
+    return _swiglu_fn(x)

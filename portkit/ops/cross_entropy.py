@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from portkit.ops import registry
-from portkit.ops._op import pick
+from portkit.ops._op import call, custom_op, pick, with_autograd
 
 REDUCTIONS = ("mean", "sum", "none")
 CHUNK_BUDGET = 4  # a chunk's logits hold about this many times the elements of hidden (N x d)
@@ -121,7 +121,7 @@ def _reduce(loss_rows: Tensor, target: Tensor, ignore_index: int, reduction: str
     return total / (target != ignore_index).sum()  # nan when every row is ignored, as torch
 
 
-@torch.library.custom_op("portkit::linear_cross_entropy", mutates_args=())
+@custom_op("portkit::linear_cross_entropy")
 def _lce(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor], ignore_index: int,
          reduction: str, with_grads: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     scale = _scale(target, ignore_index, reduction) if with_grads else None
@@ -139,7 +139,7 @@ def _(hidden, weight, target, bias, ignore_index, reduction, with_grads):
     return loss, hidden.new_empty(hidden.shape), weight.new_empty(weight.shape), gb
 
 
-@torch.library.custom_op("portkit::linear_cross_entropy_backward", mutates_args=())
+@custom_op("portkit::linear_cross_entropy_backward")
 def _lce_backward(grad_loss: Tensor, hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor],
                   ignore_index: int) -> tuple[Tensor, Tensor, Tensor]:
     """reduction "none": recompute the chunks with the per-row upstream gradient."""
@@ -166,14 +166,14 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, grad_loss, _gh, _gw, _gb):
     if ctx.deferred:
         hidden, weight, target, bias = ctx.saved_tensors
-        gh, gw, gb = _lce_backward(grad_loss, hidden, weight, target, bias, ctx.ignore_index)
+        gh, gw, gb = call(ctx, _lce_backward)(grad_loss, hidden, weight, target, bias, ctx.ignore_index)
     else:
         gh, gw, gb = ctx.saved_tensors
         gh, gw, gb = gh * grad_loss.to(gh.dtype), gw * grad_loss.to(gw.dtype), gb * grad_loss.to(gb.dtype)
     return gh, gw, None, (gb if ctx.has_bias else None), None, None, None
 
 
-_lce.register_autograd(_backward, setup_context=_setup)
+_lce_fn = with_autograd(_lce, _backward, _setup)
 
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor] = None,
@@ -188,7 +188,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: O
     _check(hidden, weight, target, bias, reduction)
     needs = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     with_grads = needs and reduction != "none"
-    return _lce(hidden.contiguous(), weight.contiguous(), target.contiguous(), bias, ignore_index,
+    return _lce_fn(hidden.contiguous(), weight.contiguous(), target.contiguous(), bias, ignore_index,
                 reduction, with_grads)[0]
 
 

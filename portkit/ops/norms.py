@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from portkit.ops import registry
-from portkit.ops._op import as_rows, check_vector, n_rows, pick
+from portkit.ops._op import as_rows, call, check_vector, custom_op, n_rows, pick, with_autograd
 
 
 # -- references (the numerical oracle) ---------------------------------------------------
@@ -75,7 +75,7 @@ def _grad_like(p: Optional[Tensor], x: Tensor) -> Tensor:
 
 
 # -- RMSNorm custom op --------------------------------------------------------------------
-@torch.library.custom_op("portkit::rms_norm", mutates_args=())
+@custom_op("portkit::rms_norm")
 def _rms_norm(x: Tensor, weight: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
     y, rstd = pick("rms_norm_fwd", rms_norm_fwd, x)(as_rows(x), weight, eps)
     return y.view(x.shape), rstd
@@ -86,7 +86,7 @@ def _(x, weight, eps):
     return x.new_empty(x.shape), x.new_empty(n_rows(x), dtype=torch.float32)
 
 
-@torch.library.custom_op("portkit::rms_norm_backward", mutates_args=())
+@custom_op("portkit::rms_norm_backward")
 def _rms_norm_backward(dy: Tensor, x: Tensor, weight: Optional[Tensor], rstd: Tensor) -> tuple[Tensor, Tensor]:
     dx, dw = pick("rms_norm_bwd", rms_norm_bwd, x)(as_rows(dy), as_rows(x), weight, rstd)
     return dx.view(x.shape), dw
@@ -104,21 +104,21 @@ def _rms_setup(ctx, inputs, output):
 
 def _rms_backward(ctx, dy, _drstd):
     x, weight, rstd = ctx.saved_tensors
-    dx, dw = _rms_norm_backward(dy, x, weight, rstd)
+    dx, dw = call(ctx, _rms_norm_backward)(dy, x, weight, rstd)
     return dx, (dw if weight is not None else None), None
 
 
-_rms_norm.register_autograd(_rms_backward, setup_context=_rms_setup)
+_rms_norm_fn = with_autograd(_rms_norm, _rms_backward, _rms_setup)
 
 
 def rms_norm(x: Tensor, weight: Optional[Tensor] = None, eps: float = 1e-6) -> Tensor:
     """y = x * rsqrt(mean(x^2) + eps) * weight over the last dim, in fp32, returned in x.dtype."""
     check_vector("weight", weight, x.shape[-1], "rms_norm")
-    return _rms_norm(x, weight, eps)[0]
+    return _rms_norm_fn(x, weight, eps)[0]
 
 
 # -- LayerNorm custom op ------------------------------------------------------------------
-@torch.library.custom_op("portkit::layer_norm", mutates_args=())
+@custom_op("portkit::layer_norm")
 def _layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                 eps: float) -> tuple[Tensor, Tensor, Tensor]:
     y, mean, rstd = pick("layer_norm_fwd", layer_norm_fwd, x)(as_rows(x), weight, bias, eps)
@@ -131,7 +131,7 @@ def _(x, weight, bias, eps):
     return x.new_empty(x.shape), x.new_empty(n, dtype=torch.float32), x.new_empty(n, dtype=torch.float32)
 
 
-@torch.library.custom_op("portkit::layer_norm_backward", mutates_args=())
+@custom_op("portkit::layer_norm_backward")
 def _layer_norm_backward(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                          mean: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     fn = pick("layer_norm_bwd", layer_norm_bwd, x)
@@ -151,11 +151,11 @@ def _ln_setup(ctx, inputs, output):
 
 def _ln_backward(ctx, dy, _dmean, _drstd):
     x, weight, bias, mean, rstd = ctx.saved_tensors
-    dx, dw, db = _layer_norm_backward(dy, x, weight, bias, mean, rstd)
+    dx, dw, db = call(ctx, _layer_norm_backward)(dy, x, weight, bias, mean, rstd)
     return dx, (dw if weight is not None else None), (db if bias is not None else None), None
 
 
-_layer_norm.register_autograd(_ln_backward, setup_context=_ln_setup)
+_layer_norm_fn = with_autograd(_layer_norm, _ln_backward, _ln_setup)
 
 
 def layer_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
@@ -163,4 +163,4 @@ def layer_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor
     """LayerNorm over the last dim in fp32, returned in x.dtype; weight/bias (H,) or None."""
     check_vector("weight", weight, x.shape[-1], "layer_norm")
     check_vector("bias", bias, x.shape[-1], "layer_norm")
-    return _layer_norm(x, weight, bias, eps)[0]
+    return _layer_norm_fn(x, weight, bias, eps)[0]

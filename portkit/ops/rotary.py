@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from portkit.ops import registry
-from portkit.ops._op import pick
+from portkit.ops._op import call, custom_op, pick, with_autograd
 
 
 def rotary_tables(T: int, hs: int, base: float = 10000.0,
@@ -40,7 +40,7 @@ def rotary_bwd(dy: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return _rotate(dy, cos, -sin)
 
 
-@torch.library.custom_op("portkit::rotary", mutates_args=())
+@custom_op("portkit::rotary")
 def _rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return pick("rotary_fwd", rotary_fwd, x)(x, cos, sin)
 
@@ -50,7 +50,7 @@ def _(x, cos, sin):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("portkit::rotary_backward", mutates_args=())
+@custom_op("portkit::rotary_backward")
 def _rotary_backward(dy: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return pick("rotary_bwd", rotary_bwd, dy)(dy, cos, sin)
 
@@ -66,10 +66,10 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, dy):
     cos, sin = ctx.saved_tensors
-    return _rotary_backward(dy, cos, sin), None, None
+    return call(ctx, _rotary_backward)(dy, cos, sin), None, None
 
 
-_rotary.register_autograd(_backward, setup_context=_setup)
+_rotary_fn = with_autograd(_rotary, _backward, _setup)
 
 
 def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -83,4 +83,4 @@ def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
                              f"for x of shape {tuple(x.shape)} (see rotary_tables)")
     if x.stride(-1) != 1:
         x = x.contiguous()
-    return _rotary(x, cos, sin)
+    return _rotary_fn(x, cos, sin)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from portkit.ops import registry
-from portkit.ops._op import pick
+from portkit.ops._op import call, custom_op, pick, with_autograd
 
 
 def _full_mask(x: Tensor, mask: Optional[Tensor], causal: bool) -> Optional[Tensor]:
@@ -44,7 +44,7 @@ def softmax_bwd(dy: Tensor, y: Tensor, scale: float) -> Tensor:
     return (scale * yf * (dyf - (dyf * yf).sum(-1, keepdim=True))).to(y.dtype)
 
 
-@torch.library.custom_op("portkit::scaled_masked_softmax", mutates_args=())
+@custom_op("portkit::scaled_masked_softmax")
 def _softmax(x: Tensor, mask: Optional[Tensor], scale: float, causal: bool) -> Tensor:
     return pick("softmax_fwd", softmax_fwd, x)(x, mask, scale, causal)
 
@@ -54,7 +54,7 @@ def _(x, mask, scale, causal):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("portkit::scaled_masked_softmax_backward", mutates_args=())
+@custom_op("portkit::scaled_masked_softmax_backward")
 def _softmax_backward(dy: Tensor, y: Tensor, scale: float) -> Tensor:
     return pick("softmax_bwd", softmax_bwd, y)(dy.contiguous(), y, scale)
 
@@ -71,10 +71,10 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, dy):
     (y,) = ctx.saved_tensors
-    return _softmax_backward(dy, y, ctx.scale), None, None, None
+    return call(ctx, _softmax_backward)(dy, y, ctx.scale), None, None, None
 
 
-_softmax.register_autograd(_backward, setup_context=_setup)
+_softmax_fn = with_autograd(_softmax, _backward, _setup)
 
 
 def _broadcasts(small: torch.Size, big: torch.Size) -> bool:
@@ -95,4 +95,4 @@ def scaled_masked_softmax(x: Tensor, mask: Optional[Tensor], scale: float, causa
         if not _broadcasts(mask.shape, x.shape):
             raise ValueError(f"scaled_masked_softmax: mask {tuple(mask.shape)} does not broadcast "
                              f"to x {tuple(x.shape)}")
-    return _softmax(x.contiguous(), mask, float(scale), causal)
+    return _softmax_fn(x.contiguous(), mask, float(scale), causal)
