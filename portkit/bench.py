@@ -38,6 +38,9 @@ def _configure_ops(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adamw-params", type=int, help=f"parameters of the AdamW step (default {d.adamw_params})")
     p.add_argument("--iters", type=int, help=f"timed iterations, median taken (default {d.iters})")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd native peers")
+    p.add_argument("--impls", default="auto",
+                   help="comma-separated registry modes to time portkit's side under, e.g. auto,triton,aten "
+                        "(default %(default)s: the implementation dispatch picks)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run that also works on the CPU")
     p.add_argument("--backend", help="backend to run on (default: the best available)")
     p.add_argument("--json-out", type=Path, help="write the results as JSON here")
@@ -69,9 +72,12 @@ def _config(args: argparse.Namespace):
     from portkit.ops.benchmark import BenchConfig
     given = {k: getattr(args, k) for k in ("rows", "hidden", "vocab", "adamw_params", "iters")
              if getattr(args, k) is not None}
-    given.update(ops=tuple(o.strip() for o in args.ops.split(",") if o.strip()), dtype=args.dtype,
-                 compile=args.compile)
+    given.update(ops=_names(args.ops), dtype=args.dtype, compile=args.compile, impls=_names(args.impls))
     return BenchConfig.quick_sizes(**given) if args.quick else BenchConfig(**given)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in text.split(",") if o.strip())
 
 
 def _main_ops(args: argparse.Namespace) -> int:

@@ -4,10 +4,14 @@ Bandwidth-bound ops report GB/s counting the bytes an ideal kernel reads and wri
 same count for both sides) and their ratio to the device's copy bandwidth; the fused
 linear + cross-entropy reports time and peak memory; AdamW reports GB/s at 28 bytes per
 fp32 parameter (read p, g, m, v; write p, m, v). Times are medians of per-iteration
-device events (wall clock on the CPU).
+device events (wall clock on the CPU): what an eager caller sees, launch and Python cost
+included. On CUDA/ROCm each side also reports `kernel_ms`, the device time of the kernels
+one call runs (torch.profiler), so a host-bound op shows as ms far above kernel_ms.
+`--impls triton,aten` times the op under each named implementation (registry modes).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -40,6 +44,7 @@ class BenchConfig:
     warmup: int = 5
     copy_bytes: int = 1 << 30  # buffer of the copy-bandwidth measurement
     compile: bool = False      # add torch.compile'd native peers
+    impls: tuple[str, ...] = ("auto",)  # registry modes portkit's side runs under ("auto": dispatch's choice)
     quick: bool = False
 
     def __post_init__(self):
@@ -78,6 +83,24 @@ def time_ms(fn: Callable[[], Any], cfg: BenchConfig) -> float:
         e.record()
     events[-1].synchronize()
     return statistics.median(a.elapsed_time(b) for a, b in zip(events, events[1:]))
+
+
+def kernel_ms(fn: Callable[[], Any], cfg: BenchConfig) -> Optional[float]:
+    """Device milliseconds of the kernels one call of `fn` runs (CUDA/ROCm, via torch.profiler)."""
+    if portkit.backend().device_type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    portkit.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(cfg.iters):
+            fn()
+        portkit.synchronize()
+    events = prof.events()
+    us = sum(e.time_range.elapsed_us() for e in events if e.device_type != DeviceType.CPU)
+    us = us or sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CPU)
+    return us / cfg.iters / 1e3 if us else None
 
 
 def _wall_ms(fn: Callable[[], Any], iters: int) -> float:
@@ -224,22 +247,51 @@ def _fwd_bwd(fn: Callable, inputs: list, grad_of: list[int]) -> Callable[[], Any
 def _side(name: str, fn: Callable[[], Any], nbytes: int, cfg: BenchConfig, copy_gbps: float) -> dict:
     ms = time_ms(fn, cfg)
     gbps = nbytes / ms / 1e6
-    return {"name": name, "ms": round(ms, 4), "gbps": round(gbps, 1), "copy_ratio": round(gbps / copy_gbps, 3)}
+    side = {"name": name, "ms": round(ms, 4), "gbps": round(gbps, 1), "copy_ratio": round(gbps / copy_gbps, 3)}
+    k = kernel_ms(fn, cfg)
+    if k:
+        side.update(kernel_ms=round(k, 4), kernel_copy_ratio=round(nbytes / k / 1e6 / copy_gbps, 3))
+    return side
+
+
+@contextlib.contextmanager
+def _impl_mode(impl: str):
+    """Dispatch under registry mode `impl` ("auto" leaves the mode as it is)."""
+    if impl == "auto":
+        yield
+        return
+    registry.set_mode(impl)
+    try:
+        yield
+    finally:
+        registry.set_mode(None)
+
+
+def _impl_name(op: str, impl: str) -> Optional[str]:
+    """The implementation op dispatches to under `impl`; None when `impl` names one op lacks here."""
+    with _impl_mode(impl):
+        chosen = registry.choose(op)
+    name = chosen.name if chosen else "reference"
+    return name if impl in ("auto", name) else None
 
 
 def bench_pair(p: Pair, cfg: BenchConfig, copy_gbps: float) -> list[dict]:
-    impl = registry.choose(p.registry_op)
     rows = []
     peers = [(p.native_name, p.native)]
     if cfg.compile:
         peers.append((f"torch.compile({p.native_name})", torch.compile(p.native)))
+    impls = {}  # implementation name -> the mode that selects it (each timed once)
+    for mode in cfg.impls:
+        name = _impl_name(p.registry_op, mode)
+        if name:
+            impls.setdefault(name, mode)
     for mode, nbytes, make in (("fwd", p.bytes_fwd, _fwd), ("fwd+bwd", p.bytes_fwd_bwd, _fwd_bwd)):
         extra = [p.grad_of] if mode == "fwd+bwd" else []
-        ours = _side(f"portkit ({impl.name if impl else 'reference'})", make(p.ours, p.inputs, *extra),
-                     nbytes, cfg, copy_gbps)
-        for name, peer in peers:
-            native = _side(name, make(peer, p.inputs, *extra), nbytes, cfg, copy_gbps)
-            rows.append(_row(p.op, mode, p.shape, nbytes, ours, native))
+        natives = [_side(name, make(peer, p.inputs, *extra), nbytes, cfg, copy_gbps) for name, peer in peers]
+        for impl_name, impl in impls.items():
+            with _impl_mode(impl):
+                ours = _side(f"portkit ({impl_name})", make(p.ours, p.inputs, *extra), nbytes, cfg, copy_gbps)
+            rows += [_row(p.op, mode, p.shape, nbytes, ours, native) for native in natives]
     return rows
 
 
@@ -372,6 +424,8 @@ def command_line(cfg: BenchConfig) -> str:
               f"--vocab {cfg.vocab}", f"--adamw-params {cfg.adamw_params}", f"--iters {cfg.iters}"]
     if cfg.compile:
         parts.append("--compile")
+    if cfg.impls != ("auto",):
+        parts.append(f"--impls {','.join(cfg.impls)}")
     return " ".join(parts)
 
 
@@ -381,20 +435,25 @@ def _gb(nbytes: Optional[int]) -> str:
 
 
 def _note(r: dict) -> str:
+    ours, native = r["portkit"], r["native"] or {}
     if r["op"] == "linear_cross_entropy":
-        ours, native = r["portkit"], r["native"]
         ratio = f" ({r['memory_ratio']}x less)" if r.get("memory_ratio") else ""
         return f"peak {_gb(ours['peak_bytes'])} vs {_gb(native['peak_bytes'])}{ratio}"
+    if "kernel_ms" in ours:
+        theirs = (f" vs {native['kernel_ms']:.3f} ms ({100 * native['kernel_copy_ratio']:.0f}%)"
+                  if "kernel_ms" in native else "")
+        return f"kernels {ours['kernel_ms']:.3f} ms ({100 * ours['kernel_copy_ratio']:.0f}% of copy){theirs}"
     return ""
 
 
 def table_rows(report: dict) -> list[list[str]]:
-    """One row per result: op, mode, shape, portkit ms, GB/s, of copy, native, ms, GB/s, of copy,
+    """One row per result: op/portkit's implementation, mode, shape, portkit ms, GB/s, of copy, native, ms, GB/s, of copy,
     speedup, note."""
     out = []
     for r in report["results"]:
         ours, nat = r["portkit"], r["native"] or {}
-        out.append([r["op"], r["mode"], r["shape"], f"{ours['ms']:.3f}", _rate(ours), _pct(ours),
+        impl = ours["name"][ours["name"].rfind("(") + 1:-1] if ours["name"].endswith(")") else "-"
+        out.append([f"{r['op']}/{impl}", r["mode"], r["shape"], f"{ours['ms']:.3f}", _rate(ours), _pct(ours),
                     nat.get("name", "-"), f"{nat['ms']:.3f}" if nat else "-", _rate(nat) if nat else "-",
                     _pct(nat) if nat else "-", f"{r['speedup']:.2f}x" if r["speedup"] else "-", _note(r)])
     return out

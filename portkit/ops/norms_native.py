@@ -1,9 +1,8 @@
-"""LayerNorm through PyTorch's own fused kernels (aten.native_layer_norm and its backward).
-
-On an H100 (bf16, 16384 x 2048, 2026-11-23) these reach 1483 GB/s forward+backward against
-316 GB/s for portkit's Triton LayerNorm, whose backward is the slow part: while that holds,
-dispatch prefers them on devices where torch ships them (CUDA and ROCm). Same signatures as
-the references in norms.py.
+"""RMSNorm and LayerNorm through PyTorch's own fused kernels (aten.native_layer_norm,
+aten._fused_rms_norm and their backwards), registered as the implementation "aten" on
+devices where torch ships them (CUDA and ROCm). Whether they rank above the Triton kernels
+is set in portkit.ops.plugin from measurement (docs/benchmarks.md); `PORTKIT_OPS=aten` or
+`=triton` picks one for an A/B run. Same signatures as the references in norms.py.
 """
 from __future__ import annotations
 
@@ -25,4 +24,19 @@ def layer_norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Option
     dx, dw, db = torch.ops.aten.native_layer_norm_backward(
         dy, x, [x.shape[-1]], mean.view(n, 1), rstd.view(n, 1), weight, bias,
         [True, weight is not None, bias is not None])
-    return dx, (dw if dw is not None else x.new_empty(0)), (db if db is not None else x.new_empty(0))
+    return dx, _or_empty(dw, x), _or_empty(db, x)
+
+
+def rms_norm_fwd(x: Tensor, weight: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
+    y, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)
+    return y, rstd.reshape(-1).float()
+
+
+def rms_norm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], rstd: Tensor) -> tuple[Tensor, Tensor]:
+    dx, dw = torch.ops.aten._fused_rms_norm_backward(dy, x, [x.shape[-1]], rstd.view(x.shape[0], 1), weight,
+                                                     [True, weight is not None])
+    return dx, _or_empty(dw, x)
+
+
+def _or_empty(t: Optional[Tensor], x: Tensor) -> Tensor:
+    return t if t is not None else x.new_empty(0)

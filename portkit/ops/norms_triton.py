@@ -1,8 +1,9 @@
 """Triton kernels for RMSNorm and LayerNorm (CUDA and ROCm) and their host launchers.
 
 Forward: one program per row, the row in registers. Backward: each program walks a run
-of rows, writes dx per row and keeps partial dW/dB sums in registers; a second pass sums
-the per-program partials (the layer-norm tutorial's scheme, without locks).
+of rows (the next row's loads issued before this row's reductions), writes dx per row and keeps
+partial dW/dB sums in registers; a second launch sums the per-program partials into the
+parameters' dtype (the layer-norm tutorial's scheme, without locks).
 The launchers take the same arguments as the references in portkit.ops.norms.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from portkit.ops import norms
 from portkit.ops._triton_utils import fits, row_settings, sm_count
 
 PROGRAMS_PER_SM = 4  # backward programs per multiprocessor: enough in flight to saturate memory
+SUM_BLOCK_P, SUM_BLOCK_N = 128, 32  # tile of the partial-sum reduction: 16 KB of loads in flight a step
 
 
 @triton.jit
@@ -32,6 +34,13 @@ def _rms_fwd_kernel(X, Y, W, RSTD, n_cols, eps, HAS_W: tl.constexpr, BLOCK: tl.c
 
 
 @triton.jit
+def _load_rows(DY, X, row, n_cols, cols, mask):
+    """dy and x of one row (zeros where masked), in their storage dtype."""
+    off = row * n_cols + cols
+    return tl.load(DY + off, mask=mask, other=0.0), tl.load(X + off, mask=mask, other=0.0)
+
+
+@triton.jit
 def _rms_bwd_kernel(DY, X, W, RSTD, DX, DW_PART, n_rows, n_cols, rows_per_prog,
                     HAS_W: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -42,10 +51,11 @@ def _rms_bwd_kernel(DY, X, W, RSTD, DX, DW_PART, n_rows, n_cols, rows_per_prog,
     dw = tl.zeros([BLOCK], dtype=tl.float32)
     first = pid.to(tl.int64) * rows_per_prog  # 64-bit row offsets: N*H may pass 2**31
     last = tl.minimum(first + rows_per_prog, n_rows)
+    dy_next, x_next = _load_rows(DY, X, first, n_cols, cols, mask & (first < last))
     for row in range(first, last):
-        off = row * n_cols + cols
-        dy = tl.load(DY + off, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
+        dy, x = dy_next.to(tl.float32), x_next.to(tl.float32)
+        # the next row's loads are issued before this row's reduction: memory stays busy
+        dy_next, x_next = _load_rows(DY, X, row + 1, n_cols, cols, mask & (row + 1 < last))
         rstd = tl.load(RSTD + row)
         xhat = x * rstd
         if HAS_W:
@@ -53,7 +63,7 @@ def _rms_bwd_kernel(DY, X, W, RSTD, DX, DW_PART, n_rows, n_cols, rows_per_prog,
         else:
             g = dy
         c = tl.sum(g * xhat, axis=0) / n_cols
-        tl.store(DX + off, (rstd * (g - xhat * c)).to(DX.dtype.element_ty), mask=mask)
+        tl.store(DX + row * n_cols + cols, (rstd * (g - xhat * c)).to(DX.dtype.element_ty), mask=mask)
         dw += dy * xhat
     if HAS_W:
         tl.store(DW_PART + pid * n_cols + cols, dw, mask=mask)
@@ -80,7 +90,7 @@ def _ln_fwd_kernel(X, Y, W, B, MEAN, RSTD, n_cols, eps,
 
 
 @triton.jit
-def _ln_bwd_kernel(DY, X, W, MEAN, RSTD, DX, DW_PART, DB_PART, n_rows, n_cols, rows_per_prog,
+def _ln_bwd_kernel(DY, X, W, MEAN, RSTD, DX, PART, n_rows, n_cols, rows_per_prog,
                    HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
@@ -91,10 +101,10 @@ def _ln_bwd_kernel(DY, X, W, MEAN, RSTD, DX, DW_PART, DB_PART, n_rows, n_cols, r
     db = tl.zeros([BLOCK], dtype=tl.float32)
     first = pid.to(tl.int64) * rows_per_prog  # 64-bit row offsets: N*H may pass 2**31
     last = tl.minimum(first + rows_per_prog, n_rows)
+    dy_next, x_next = _load_rows(DY, X, first, n_cols, cols, mask & (first < last))
     for row in range(first, last):
-        off = row * n_cols + cols
-        dy = tl.load(DY + off, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
+        dy, x = dy_next.to(tl.float32), x_next.to(tl.float32)
+        dy_next, x_next = _load_rows(DY, X, row + 1, n_cols, cols, mask & (row + 1 < last))
         mean = tl.load(MEAN + row)
         rstd = tl.load(RSTD + row)
         xhat = tl.where(mask, (x - mean) * rstd, 0.0)
@@ -104,13 +114,31 @@ def _ln_bwd_kernel(DY, X, W, MEAN, RSTD, DX, DW_PART, DB_PART, n_rows, n_cols, r
             g = dy
         c1 = tl.sum(xhat * g, axis=0) / n_cols
         c2 = tl.sum(g, axis=0) / n_cols
-        tl.store(DX + off, (rstd * (g - c2 - xhat * c1)).to(DX.dtype.element_ty), mask=mask)
+        tl.store(DX + row * n_cols + cols, (rstd * (g - c2 - xhat * c1)).to(DX.dtype.element_ty), mask=mask)
         dw += dy * xhat
         db += dy
-    if HAS_W:
-        tl.store(DW_PART + pid * n_cols + cols, dw, mask=mask)
+    if HAS_W:  # partials: slab 0 dW, then dB (slab 0 when there is no weight)
+        tl.store(PART + pid * n_cols + cols, dw, mask=mask)
     if HAS_B:
-        tl.store(DB_PART + pid * n_cols + cols, db, mask=mask)
+        tl.store(PART + (HAS_W * tl.num_programs(0) + pid) * n_cols + cols, db, mask=mask)
+
+
+@triton.jit
+def _sum_parts_kernel(PART, OUT_A, OUT_B, n_parts, n_cols, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Column sums of the per-program partials (2, n_parts, n_cols) fp32: slab 0 -> OUT_A,
+    slab 1 -> OUT_B (grid axis 1), cast to the parameter's dtype. One launch for dW and dB."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    slab = tl.program_id(1)
+    base = PART + slab.to(tl.int64) * n_parts * n_cols
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for p in range(0, n_parts, BLOCK_P):
+        parts = p + tl.arange(0, BLOCK_P)
+        m = (parts < n_parts)[:, None] & (cols < n_cols)[None, :]
+        acc += tl.sum(tl.load(base + parts[:, None] * n_cols + cols[None, :], mask=m, other=0.0), axis=0)
+    if slab == 0:
+        tl.store(OUT_A + cols, acc.to(OUT_A.dtype.element_ty), mask=cols < n_cols)
+    else:
+        tl.store(OUT_B + cols, acc.to(OUT_B.dtype.element_ty), mask=cols < n_cols)
 
 
 def _bwd_grid(x: torch.Tensor) -> tuple[int, int]:
@@ -121,14 +149,20 @@ def _bwd_grid(x: torch.Tensor) -> tuple[int, int]:
     return triton.cdiv(n, per), per
 
 
-def _partial(x: torch.Tensor, programs: int, wanted: bool) -> torch.Tensor:
-    if not wanted:
-        return x.new_empty(0, dtype=torch.float32)
-    return x.new_empty((programs, x.shape[1]), dtype=torch.float32)
+def _partials(x: torch.Tensor, programs: int, slabs: int) -> torch.Tensor:
+    """fp32 buffer for `slabs` per-program partial sums (dW, dB): (slabs, programs, H)."""
+    return x.new_empty((slabs, programs, x.shape[1]), dtype=torch.float32)
 
 
-def _reduce(part: torch.Tensor, p: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    return part.sum(0).to(p.dtype) if p is not None else x.new_empty(0)
+def _param_grads(part: torch.Tensor, params: list, x: torch.Tensor) -> list[torch.Tensor]:
+    """Column sums of the partials for each present param (in its dtype); empty for absent ones."""
+    outs = [p.new_empty(p.shape) if p is not None else x.new_empty(0) for p in params]
+    present = [o for o, p in zip(outs, params) if p is not None]
+    if present:
+        h, block_n = x.shape[1], SUM_BLOCK_N
+        _sum_parts_kernel[(triton.cdiv(h, block_n), len(present))](
+            part, present[0], present[-1], part.shape[1], h, BLOCK_P=SUM_BLOCK_P, BLOCK_N=block_n, num_warps=4)
+    return outs
 
 
 def _dummy(x: torch.Tensor) -> torch.Tensor:
@@ -153,12 +187,12 @@ def rms_norm_bwd(dy, x, weight, rstd):
     n, h = x.shape
     dx = torch.empty_like(x)
     programs, per = _bwd_grid(x)
-    dw_part = _partial(x, programs, weight is not None)
+    part = _partials(x, programs, int(weight is not None))
     block, warps = row_settings(h)
     w = weight if weight is not None else _dummy(x)
-    _rms_bwd_kernel[(programs,)](dy, x, w, rstd, dx, dw_part, n, h, per,
+    _rms_bwd_kernel[(programs,)](dy, x, w, rstd, dx, part, n, h, per,
                                  HAS_W=weight is not None, BLOCK=block, num_warps=warps)
-    return dx, _reduce(dw_part, weight, x)
+    return dx, _param_grads(part, [weight], x)[0]
 
 
 def layer_norm_fwd(x, weight, bias, eps):
@@ -182,11 +216,11 @@ def layer_norm_bwd(dy, x, weight, bias, mean, rstd):
     n, h = x.shape
     dx = torch.empty_like(x)
     programs, per = _bwd_grid(x)
-    dw_part = _partial(x, programs, weight is not None)
-    db_part = _partial(x, programs, bias is not None)
+    part = _partials(x, programs, int(weight is not None) + int(bias is not None))
     block, warps = row_settings(h)
     w = weight if weight is not None else _dummy(x)
-    _ln_bwd_kernel[(programs,)](dy, x, w, mean, rstd, dx, dw_part, db_part, n, h, per,
+    _ln_bwd_kernel[(programs,)](dy, x, w, mean, rstd, dx, part, n, h, per,
                                 HAS_W=weight is not None, HAS_B=bias is not None,
                                 BLOCK=block, num_warps=warps)
-    return dx, _reduce(dw_part, weight, x), _reduce(db_part, bias, x)
+    dw, db = _param_grads(part, [weight, bias], x)
+    return dx, dw, db

@@ -56,13 +56,14 @@ def has_torch_kernels(backend) -> bool:
     return backend.device_type == "cuda"  # CUDA and ROCm builds ship aten's fused LayerNorm
 
 
-# Measured faster than the Triton LayerNorm on H100 (docs/benchmarks.md): preferred where present.
-NATIVE = {"layer_norm_fwd": "layer_norm_fwd", "layer_norm_bwd": "layer_norm_bwd"}
+# torch's own fused norms ("aten", portkit.ops.norms_native) and their priority against
+# Triton's 10: above it where they measured faster on an H100 (docs/benchmarks.md).
+NATIVE = {"layer_norm_fwd": 20, "layer_norm_bwd": 20, "rms_norm_fwd": 5, "rms_norm_bwd": 5}
 
 
 @hookimpl
 def portkit_register_ops():
     from portkit.ops import OpImpl  # registers the references the implementations attach to
     return ([OpImpl(op, LazyKernel(mod, fn), runs_triton, PRIORITY, NAME) for op, (mod, fn) in TABLE.items()]
-            + [OpImpl(op, LazyKernel("norms_native", fn), has_torch_kernels, PRIORITY + 10, "aten")
-               for op, fn in NATIVE.items()])
+            + [OpImpl(op, LazyKernel("norms_native", op), has_torch_kernels, priority, "aten")
+               for op, priority in NATIVE.items()])

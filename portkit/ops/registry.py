@@ -3,7 +3,8 @@
 Dispatch takes the highest-priority implementation whose predicate holds on the active
 backend, else the torch reference, which is always present and is the numerical oracle.
 `PORTKIT_OPS=reference` forces the references everywhere (A/B runs); a recipe sets the
-same through `set_mode`.
+same through `set_mode`. `PORTKIT_OPS=<implementation name>` (e.g. triton, aten) prefers
+that implementation wherever an op has one that runs: an A/B of two kernels.
 """
 from __future__ import annotations
 
@@ -56,9 +57,14 @@ def register(impl: OpImpl) -> None:
     _cache.clear()
 
 
+def _known_modes() -> list[str]:
+    _load_plugin_ops()
+    return list(MODES) + sorted({i.name for impls in _impls.values() for i in impls})
+
+
 def set_mode(mode: str | None) -> None:
-    if mode is not None and mode not in MODES:
-        raise ValueError(f"ops mode {mode!r} is not one of {', '.join(MODES)}")
+    if mode is not None and mode not in MODES and mode not in _known_modes():
+        raise ValueError(f"ops mode {mode!r} is not one of {', '.join(_known_modes())}")
     global _mode
     _mode = mode
     _cache.clear()
@@ -66,8 +72,8 @@ def set_mode(mode: str | None) -> None:
 
 def mode() -> str:
     m = _mode or os.environ.get(MODE_ENV, "auto")
-    if m not in MODES:
-        raise ValueError(f"{MODE_ENV}={m!r} is not one of {', '.join(MODES)}")
+    if m not in MODES and m not in _known_modes():
+        raise ValueError(f"{MODE_ENV}={m!r} is not one of {', '.join(_known_modes())}")
     return m
 
 
@@ -84,10 +90,13 @@ def choose(op: str, backend: Backend | None = None) -> OpImpl | None:
     _load_plugin_ops()
     if op not in _references:
         raise KeyError(f"unknown op {op!r}; known ops: {', '.join(sorted(_references))}")
-    if mode() == "reference":
+    m = mode()
+    if m == "reference":
         return None
     backend = backend or runtime.active()
-    return next((i for i in _impls.get(op, []) if i.predicate(backend)), None)
+    runs = [i for i in _impls.get(op, []) if i.predicate(backend)]
+    preferred = [i for i in runs if i.name == m]
+    return (preferred or runs or [None])[0]
 
 
 def dispatch(op: str) -> Callable:

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+import portkit
 from portkit import bench, cli
 from portkit.ops import benchmark
 
@@ -53,7 +54,7 @@ def test_render_prints_the_markdown_table(report, tmp_path, capsys):
     path.write_text(json.dumps(report))
     assert _run("ops", "--render", str(path)) == 0
     out = capsys.readouterr().out
-    assert "| op | mode | shape | portkit ms" in out and "| rms_norm | fwd+bwd |" in out
+    assert "| op | mode | shape | portkit ms" in out and "| rms_norm/reference | fwd+bwd |" in out
     assert f"`{report['command']}`" in out
 
 
@@ -71,3 +72,15 @@ def test_bench_train_without_its_module_exits_2(monkeypatch, capsys):
 def test_quick_sizes_keep_explicit_overrides():
     cfg = benchmark.BenchConfig.quick_sizes(rows=8)
     assert cfg.rows == 8 and cfg.hidden == 64 and cfg.quick
+
+
+def test_impls_time_each_distinct_implementation_once():
+    """On the CPU "auto" and "reference" both select the reference and Triton does not run:
+    one portkit side per mode, named after the reference."""
+    if portkit.backend().name != "cpu":
+        pytest.skip("asserts the CPU's choices")
+    cfg = benchmark.BenchConfig.quick_sizes(ops=("rms_norm",), impls=("auto", "reference", "triton"))
+    rows = benchmark.run(cfg)["results"]
+    assert [(r["mode"], r["portkit"]["name"]) for r in rows] == [("fwd", "portkit (reference)"),
+                                                                   ("fwd+bwd", "portkit (reference)")]
+    assert "--impls auto,reference,triton" in benchmark.command_line(cfg)

@@ -1,4 +1,6 @@
 """RMSNorm and LayerNorm: reference vs torch, custom-op checks, Triton kernels vs reference."""
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -78,8 +80,8 @@ def test_rms_norm_compiles_with_torch_compile(close, seeded):
 
 
 # -- Triton kernels vs reference -----------------------------------------------------------------
-def _check_rms(dev, shape, dtype, affine, close):
-    from portkit.ops import norms_triton as nt
+def _check_rms(dev, shape, dtype, affine, close, module="norms_triton"):
+    nt = importlib.import_module(f"portkit.ops.{module}")
     x, w, _, dy = _data(shape, dtype, dev, affine)
     y, rstd = nt.rms_norm_fwd(x, w, 1e-6)
     ry, rrstd = norms.rms_norm_fwd(x, w, 1e-6)
@@ -91,8 +93,8 @@ def _check_rms(dev, shape, dtype, affine, close):
     close(dw, rdw, dtype, "dw", scale=4)
 
 
-def _check_ln(dev, shape, dtype, affine, close):
-    from portkit.ops import norms_triton as nt
+def _check_ln(dev, shape, dtype, affine, close, module="norms_triton"):
+    nt = importlib.import_module(f"portkit.ops.{module}")
     x, w, b, dy = _data(shape, dtype, dev, affine)
     y, mean, rstd = nt.layer_norm_fwd(x, w, b, 1e-5)
     ry, rmean, rrstd = norms.layer_norm_fwd(x, w, b, 1e-5)
@@ -121,11 +123,13 @@ def test_layer_norm_kernel_matches_reference(kdev, close, dtype, shape, affine, 
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("module", ["norms_triton", "norms_native"])
 @pytest.mark.parametrize("shape", GRID)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_norm_kernels_grid_gpu(gpu, close, dtype, shape, seeded):
-    _check_rms(gpu, shape, dtype, True, close)
-    _check_ln(gpu, shape, dtype, True, close)
+def test_norm_kernels_grid_gpu(gpu, close, dtype, shape, module, seeded):
+    for affine in (True, False):
+        _check_rms(gpu, shape, dtype, affine, close, module)
+        _check_ln(gpu, shape, dtype, affine, close, module)
 
 
 @pytest.mark.gpu

@@ -56,6 +56,17 @@ def test_reference_mode_forces_the_reference(impls, monkeypatch):
     assert impls.choose("rms_norm_fwd") is None
 
 
+def test_a_named_mode_prefers_that_implementation_where_it_runs(impls):
+    impls.register(ops.OpImpl("rms_norm_fwd", _doubling, lambda b: True, 100, "first"))
+    impls.register(ops.OpImpl("rms_norm_fwd", _doubling, lambda b: True, 50, "second"))
+    impls.register(ops.OpImpl("rms_norm_bwd", _doubling, lambda b: False, 50, "second"))
+    impls.set_mode("second")
+    assert impls.choose("rms_norm_fwd").name == "second"
+    assert impls.choose("rms_norm_bwd") is None  # "second" does not run here: the usual choice
+    impls.set_mode(None)
+    assert impls.choose("rms_norm_fwd").name == "first"
+
+
 def test_an_unknown_op_or_mode_is_an_error_that_lists_the_known_ones(impls):
     with pytest.raises(KeyError, match="unknown op 'rms_nrom'.*rms_norm_fwd"):
         impls.choose("rms_nrom")
@@ -85,8 +96,8 @@ def test_the_builtin_triton_plugin_registers_every_op_for_triton_backends(impls)
              "bias_gelu_bwd", "swiglu_fwd", "swiglu_bwd", "rotary_fwd", "rotary_bwd", "softmax_fwd",
              "softmax_bwd", "cross_entropy_chunk", "linear_cross_entropy_fwd", "adamw_step"]
     for op in fused:
-        native = ["aten"] if op.startswith("layer_norm") else []  # torch's fused LayerNorm first on cuda
-        assert rows[op]["implementations"] == native + ["triton", "reference"], op
+        expected = {"layer_norm": ["aten", "triton"], "rms_norm": ["triton", "aten"]}.get(op[:op.rfind("_")], ["triton"])
+        assert rows[op]["implementations"] == expected + ["reference"], op
         assert rows[op]["selected"] == "reference"  # the CPU backend has no Triton
     impl = impls._impls["rms_norm_fwd"][0]
     assert isinstance(impl.fn, LazyKernel) and impl.priority == 10
