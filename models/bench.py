@@ -20,7 +20,9 @@ The dispatch overhead row compares portkit-reference with native-bf16 when both 
 with native-eager, whose precision and optimizer also differ; the row says which).
 
 Step time is the median wall time of a whole step (forward, backward, optimizer step,
-synchronized) after the warmup steps. MFU = flops per token * tokens/s / peak, with
+synchronized) after the warmup steps; host time is the median time until the step's work
+was issued: near the step time the run is host-bound (Python, dispatch, launches), well
+below it the device is the limit and host-side overhead is hidden. MFU = flops per token * tokens/s / peak, with
 flops per token = 6 * N + 12 * L * d * T (N: parameters without the position embedding,
 the tied token embedding counted once as the LM head; the attention term counts the full
 T x T score and value matmuls, forward and backward, as nanoGPT and PaLM do). None where
@@ -339,8 +341,13 @@ def _train(variant: str, p: Preset, batch: int, seq: int, ta: TrainArgs) -> dict
     x = torch.randint(0, p.vocab, (batch, seq), generator=gen).to(portkit.device())
     y = torch.randint(0, p.vocab, (batch, seq), generator=gen).to(portkit.device())
     b = build(variant, p, seq, ta.compile_backend)
-    losses = []
-    times = timed_steps(lambda: losses.append(train_step(b, x, y).detach()), ta.steps, ta.warmup)
+    losses, host = [], []
+
+    def step():  # host: the seconds until the step's work is issued (the device may still run)
+        t = time.perf_counter()
+        losses.append(train_step(b, x, y).detach())
+        host.append(time.perf_counter() - t)
+    times = timed_steps(step, ta.steps, ta.warmup)
     step_s = statistics.median(times)
     tps = batch * seq / step_s
     fpt = flops_per_token(b.model, p, seq)
@@ -348,6 +355,7 @@ def _train(variant: str, p: Preset, batch: int, seq: int, ta: TrainArgs) -> dict
     out = {"params": sum(q.numel() for q in b.model.parameters()), "precision": b.precision,
            "optimizer": b.optimizer, "compiled": variant.endswith("compiled"),
            "step_ms": round(step_s * 1e3, 3), "step_ms_min": round(min(times) * 1e3, 3),
+           "host_ms": round(statistics.median(host[ta.warmup:]) * 1e3, 3),
            "tokens_per_s": round(tps, 1), "tflops": round(fpt * tps / 1e12, 2),
            "mfu": round(fpt * tps / (peak * 1e12), 4) if peak else None,
            "peak_bytes": peak_bytes(), "final_loss": round(float(losses[-1]), 4)}
@@ -449,18 +457,19 @@ def run(ta: TrainArgs, command: str, progress: Callable[[str], None] = lambda s:
 
 
 # -- presenting -------------------------------------------------------------------------------
-HEADER = ["model", "variant", "batch x seq", "step ms", "tokens/s", "TFLOP/s", "MFU", "peak mem", "note"]
+HEADER = ["model", "variant", "batch x seq", "step ms", "host ms", "tokens/s", "TFLOP/s", "MFU", "peak mem", "note"]
 
 
 def table_rows(report: dict) -> list[list[str]]:
     rows = []
     for r in report["results"]:
         if r["error"]:
-            rows.append([r["model"], r["variant"], f"{r['batch']}x{r['seq']}", "-", "-", "-", "-", "-", r["error"]])
+            rows.append([r["model"], r["variant"], f"{r['batch']}x{r['seq']}", "-", "-", "-", "-", "-", "-", r["error"]])
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         mem = f"{r['peak_bytes'] / 2**30:.2f} GiB" if r["peak_bytes"] is not None else "n/a"
-        rows.append([r["model"], r["variant"], f"{r['batch']}x{r['seq']}", f"{r['step_ms']:.1f}",
+        host = f"{r['host_ms']:.1f}" if "host_ms" in r else "-"  # reports from before host_ms
+        rows.append([r["model"], r["variant"], f"{r['batch']}x{r['seq']}", f"{r['step_ms']:.1f}", host,
                      f"{r['tokens_per_s']:,.0f}", f"{r['tflops']:.1f}", mfu, mem, r["precision"]])
     return rows
 

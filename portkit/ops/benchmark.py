@@ -98,7 +98,10 @@ def kernel_ms(fn: Callable[[], Any], cfg: BenchConfig) -> Optional[float]:
             fn()
         portkit.synchronize()
     events = prof.events()
-    us = sum(e.time_range.elapsed_us() for e in events if e.device_type != DeviceType.CPU)
+    host_names = {e.name for e in events if e.device_type == DeviceType.CPU}
+    # device-side ranges named after host annotations (Optimizer.step#...) span kernels: skip them
+    us = sum(e.time_range.elapsed_us() for e in events
+             if e.device_type != DeviceType.CPU and e.name not in host_names)
     us = us or sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CPU)
     return us / cfg.iters / 1e3 if us else None
 

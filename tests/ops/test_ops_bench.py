@@ -19,7 +19,7 @@ def _run(*argv: str) -> int:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "ops.json"
-    assert _run("ops", "--quick", "--json-out", str(out)) == 0
+    assert _run("ops", "--quick", "--backend", "cpu", "--json-out", str(out)) == 0
     return json.loads(out.read_text())
 
 

@@ -23,10 +23,11 @@ def test_native_layer_norm_matches_reference(shape, affine):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
 
 
-def test_dispatch_prefers_native_layer_norm_on_cuda_backends_only():
+def test_aten_norms_register_for_cuda_backends_only_with_their_measured_rank():
     from portkit.ops import plugin
     impls = {i.op: i for i in plugin.portkit_register_ops() if i.name == "aten"}
     cuda, cpu = type("B", (), {"device_type": "cuda"})(), type("B", (), {"device_type": "cpu"})()
-    assert set(impls) == {"layer_norm_fwd", "layer_norm_bwd"}
-    assert impls["layer_norm_fwd"].predicate(cuda) and not impls["layer_norm_fwd"].predicate(cpu)
-    assert impls["layer_norm_fwd"].priority > plugin.PRIORITY
+    assert set(impls) == {"layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd"}
+    for impl in impls.values():
+        assert impl.predicate(cuda) and not impl.predicate(cpu)
+        assert impl.priority == plugin.NATIVE[impl.op]
