@@ -1,8 +1,9 @@
 """Triton multi-tensor AdamW step (CUDA and ROCm).
 
 Every tensor of a group (same param dtype, grad dtype, master or not, device) is updated
-by one launch: tables of raw data pointers and a block table (tensor, offset) drive the
-programs, as apex's multi_tensor_apply does. Tables are rebuilt only when a pointer moves.
+by one launch: a table of raw data pointers and a block table (tensor, offset) drive the
+programs, as apex's multi_tensor_apply does. The block table is built once per parameter
+layout; the pointer table whenever a pointer moves, copied without a host-device sync.
 """
 from __future__ import annotations
 
@@ -58,28 +59,40 @@ def _adamw_kernel(PTRS, NUMELS, BLOCK_TENSOR, BLOCK_START, n_tensors, decay, bet
     tl.store(p_ptr + offs, w.to(P_DT), mask=mask)
 
 
-_tables: dict[tuple, tuple[tuple, tuple]] = {}  # group -> (pointer key, device tables)
+_blocks: dict[tuple, tuple] = {}                # (numels, device) -> block tables on the device
+_pointers: dict[tuple, tuple[tuple, torch.Tensor]] = {}  # group -> (pointer key, pointer table)
 
 
-def _build_tables(ptrs: list[list[int]], numels: list[int], device: torch.device):
-    n = torch.tensor(numels, dtype=torch.int64)
-    blocks = (n + BLOCK - 1) // BLOCK
-    tensor_of_block = torch.repeat_interleave(torch.arange(len(numels)), blocks)
-    first = torch.cumsum(blocks, 0) - blocks
-    start = (torch.arange(int(blocks.sum())) - first[tensor_of_block]) * BLOCK
-    flat = torch.tensor([x for row in ptrs for x in row], dtype=torch.int64)
-    return tuple(t.to(device) for t in (flat, n, tensor_of_block.to(torch.int32), start))
+def _block_tables(numels: list[int], device: torch.device) -> tuple:
+    """(numels, tensor of each block, its start) on the device: built once per parameter layout."""
+    key = (tuple(numels), device)
+    hit = _blocks.get(key)
+    if hit is None:
+        if len(_blocks) > 64:  # optimizers come and go (tests, restarts): keep the cache small
+            _blocks.clear()
+        n = torch.tensor(numels, dtype=torch.int64)
+        blocks = (n + BLOCK - 1) // BLOCK
+        tensor_of_block = torch.repeat_interleave(torch.arange(len(numels)), blocks)
+        first = torch.cumsum(blocks, 0) - blocks
+        start = (torch.arange(int(blocks.sum())) - first[tensor_of_block]) * BLOCK
+        hit = _blocks[key] = tuple(t.to(device) for t in (n, tensor_of_block.to(torch.int32), start))
+    return hit
 
 
-def _tables_for(group: tuple, tensors: list[list[torch.Tensor]], device: torch.device):
-    ptrs = [[t.data_ptr() for t in row] for row in tensors]
-    numels = [t.numel() for t in tensors[0]]
-    key = (tuple(map(tuple, ptrs)), tuple(numels))
-    hit = _tables.get(group)
+def _pointer_table(group: tuple, tensors: list[list[torch.Tensor]], device: torch.device) -> torch.Tensor:
+    """Raw data pointers of every tensor of the group, rebuilt when one moves: gradients freed
+    by zero_grad(set_to_none=True) come back elsewhere, so usually every step. The copy goes
+    through pinned memory, non-blocking: a pageable copy would make the host wait for the
+    device every step and serialise the whole training loop."""
+    key = tuple(t.data_ptr() for row in tensors for t in row)
+    hit = _pointers.get(group)
     if hit is None or hit[0] != key:
-        if len(_tables) > 64:  # optimizers come and go (tests, restarts): keep the cache small
-            _tables.clear()
-        hit = _tables[group] = (key, _build_tables(ptrs, numels, device))
+        if len(_pointers) > 64:
+            _pointers.clear()
+        flat = torch.tensor(key, dtype=torch.int64)
+        if device.type != "cpu":
+            flat = flat.pin_memory()
+        hit = _pointers[group] = (key, flat.to(device, non_blocking=True))
     return hit[1]
 
 
@@ -105,7 +118,8 @@ def adamw_step(params, grads, exp_avgs, exp_avg_sqs, masters, step, lr, beta1, b
     bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
     for (p_dt, g_dt, has_master, device), rows in _groups(params, grads, exp_avgs, exp_avg_sqs, masters).items():
         group = (p_dt, g_dt, has_master, device, id(rows[0][0]))
-        flat, numels, tensor_of_block, start = _tables_for(group, rows, device)
+        numels, tensor_of_block, start = _block_tables([t.numel() for t in rows[0]], device)
+        flat = _pointer_table(group, rows, device)
         aligned = all(t.data_ptr() % 16 == 0 for row in rows for t in row)
         _adamw_kernel[(tensor_of_block.numel(),)](
             flat, numels, tensor_of_block, start, len(rows[0]), decay, beta1, beta2, eps, step_size, bc2_sqrt,
