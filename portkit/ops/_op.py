@@ -1,4 +1,5 @@
-"""Helpers shared by the op modules: which implementation serves a tensor, row views."""
+"""Helpers shared by the op modules: which implementation serves a tensor, row views, and
+the pairing of each custom op (for torch.compile) with an autograd.Function (for eager)."""
 from __future__ import annotations
 
 from typing import Callable
