@@ -2,6 +2,7 @@
 against the single-process run of the same recipe."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,13 +22,23 @@ def _free_port():
         return s.getsockname()[1]
 
 
+# A worker that finished its work can still abort in gloo's teardown at exit on the 2-core
+# CI machine (seen once in ZeRO-1 and Colossal-AI runs, not reproduced on rerun): run again.
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def run(recipe, out, nproc):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PORTKIT_BACKEND": "cpu",
            "TORCH_EXTENSIONS_DIR": str(Path(out).parent / "ext")}
-    launch = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={_free_port()}", "-m"] if nproc > 1 else [sys.executable, "-m"])
-    return subprocess.run([*launch, "portkit.models.runner", str(recipe), "--out", str(out), "--quiet"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    for _ in range(2):
+        launch = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                   f"--master_port={_free_port()}", "-m"] if nproc > 1 else [sys.executable, "-m"])
+        done = subprocess.run([*launch, "portkit.models.runner", str(recipe), "--out", str(out), "--quiet"],
+                              capture_output=True, text=True, env=env, timeout=600)
+        if done.returncode == 0 or TEARDOWN_ABORT not in done.stderr:
+            break
+        shutil.rmtree(out, ignore_errors=True)  # a rerun must not resume the aborted one
+    return done
 
 
 @pytest.fixture(scope="module")
