@@ -41,35 +41,6 @@ def _load_rows(DY, X, row, n_cols, cols, mask):
 
 
 @triton.jit
-def _rms_bwd_kernel(DY, X, W, RSTD, DX, DW_PART, n_rows, n_cols, rows_per_prog,
-                    HAS_W: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    if HAS_W:
-        w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    dw = tl.zeros([BLOCK], dtype=tl.float32)
-    first = pid.to(tl.int64) * rows_per_prog  # 64-bit row offsets: N*H may pass 2**31
-    last = tl.minimum(first + rows_per_prog, n_rows)
-    dy_next, x_next = _load_rows(DY, X, first, n_cols, cols, mask & (first < last))
-    for row in range(first, last):
-        dy, x = dy_next.to(tl.float32), x_next.to(tl.float32)
-        # the next row's loads are issued before this row's reduction: memory stays busy
-        dy_next, x_next = _load_rows(DY, X, row + 1, n_cols, cols, mask & (row + 1 < last))
-        rstd = tl.load(RSTD + row)
-        xhat = x * rstd
-        if HAS_W:
-            g = dy * w
-        else:
-            g = dy
-        c = tl.sum(g * xhat, axis=0) / n_cols
-        tl.store(DX + row * n_cols + cols, (rstd * (g - xhat * c)).to(DX.dtype.element_ty), mask=mask)
-        dw += dy * xhat
-    if HAS_W:
-        tl.store(DW_PART + pid * n_cols + cols, dw, mask=mask)
-
-
-@triton.jit
 def _ln_fwd_kernel(X, Y, W, B, MEAN, RSTD, n_cols, eps,
                    HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -90,8 +61,9 @@ def _ln_fwd_kernel(X, Y, W, B, MEAN, RSTD, n_cols, eps,
 
 
 @triton.jit
-def _ln_bwd_kernel(DY, X, W, MEAN, RSTD, DX, PART, n_rows, n_cols, rows_per_prog,
-                   HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
+def _norm_bwd_kernel(DY, X, W, MEAN, RSTD, DX, PART, n_rows, n_cols, rows_per_prog, CENTERED: tl.constexpr,
+                     HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
+    """LayerNorm's backward; with CENTERED=False (no mean, no bias) RMSNorm's."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -104,17 +76,20 @@ def _ln_bwd_kernel(DY, X, W, MEAN, RSTD, DX, PART, n_rows, n_cols, rows_per_prog
     dy_next, x_next = _load_rows(DY, X, first, n_cols, cols, mask & (first < last))
     for row in range(first, last):
         dy, x = dy_next.to(tl.float32), x_next.to(tl.float32)
+        # the next row's loads are issued before this row's reductions: memory stays busy
         dy_next, x_next = _load_rows(DY, X, row + 1, n_cols, cols, mask & (row + 1 < last))
-        mean = tl.load(MEAN + row)
         rstd = tl.load(RSTD + row)
-        xhat = tl.where(mask, (x - mean) * rstd, 0.0)
+        if CENTERED:
+            x = x - tl.load(MEAN + row)
+        xhat = tl.where(mask, x * rstd, 0.0)
         if HAS_W:
             g = dy * w
         else:
             g = dy
-        c1 = tl.sum(xhat * g, axis=0) / n_cols
-        c2 = tl.sum(g, axis=0) / n_cols
-        tl.store(DX + row * n_cols + cols, (rstd * (g - c2 - xhat * c1)).to(DX.dtype.element_ty), mask=mask)
+        dx = g - xhat * (tl.sum(xhat * g, axis=0) / n_cols)
+        if CENTERED:
+            dx = dx - tl.sum(g, axis=0) / n_cols
+        tl.store(DX + row * n_cols + cols, (rstd * dx).to(DX.dtype.element_ty), mask=mask)
         dw += dy * xhat
         db += dy
     if HAS_W:  # partials: slab 0 dW, then dB (slab 0 when there is no weight)
@@ -184,15 +159,7 @@ def rms_norm_fwd(x, weight, eps):
 def rms_norm_bwd(dy, x, weight, rstd):
     if not fits("rms_norm", x.shape[1]):
         return norms.rms_norm_bwd(dy, x, weight, rstd)
-    n, h = x.shape
-    dx = torch.empty_like(x)
-    programs, per = _bwd_grid(x)
-    part = _partials(x, programs, int(weight is not None))
-    block, warps = row_settings(h)
-    w = weight if weight is not None else _dummy(x)
-    _rms_bwd_kernel[(programs,)](dy, x, w, rstd, dx, part, n, h, per,
-                                 HAS_W=weight is not None, BLOCK=block, num_warps=warps)
-    return dx, _param_grads(part, [weight], x)[0]
+    return _norm_bwd(dy, x, weight, None, rstd, rstd)[:2]
 
 
 def layer_norm_fwd(x, weight, bias, eps):
@@ -213,14 +180,18 @@ def layer_norm_fwd(x, weight, bias, eps):
 def layer_norm_bwd(dy, x, weight, bias, mean, rstd):
     if not fits("layer_norm", x.shape[1]):
         return norms.layer_norm_bwd(dy, x, weight, bias, mean, rstd)
+    return _norm_bwd(dy, x, weight, bias, mean, rstd, centered=True)
+
+
+def _norm_bwd(dy, x, weight, bias, mean, rstd, centered=False):
+    """-> dx, dw, db (empty when weight/bias is None); `mean` is unread when not centered."""
     n, h = x.shape
     dx = torch.empty_like(x)
     programs, per = _bwd_grid(x)
     part = _partials(x, programs, int(weight is not None) + int(bias is not None))
     block, warps = row_settings(h)
     w = weight if weight is not None else _dummy(x)
-    _ln_bwd_kernel[(programs,)](dy, x, w, mean, rstd, dx, part, n, h, per,
-                                HAS_W=weight is not None, HAS_B=bias is not None,
-                                BLOCK=block, num_warps=warps)
-    dw, db = _param_grads(part, [weight, bias], x)
-    return dx, dw, db
+    _norm_bwd_kernel[(programs,)](dy, x, w, mean, rstd, dx, part, n, h, per, CENTERED=centered,
+                                  HAS_W=weight is not None, HAS_B=bias is not None,
+                                  BLOCK=block, num_warps=warps)
+    return (dx, *_param_grads(part, [weight, bias], x))
