@@ -70,8 +70,12 @@ def set_mode(mode: str | None) -> None:
     _cache.clear()
 
 
+def _raw_mode() -> str:
+    return _mode or os.environ.get(MODE_ENV, "auto")
+
+
 def mode() -> str:
-    m = _mode or os.environ.get(MODE_ENV, "auto")
+    m = _raw_mode()
     if m not in MODES and m not in _known_modes():
         raise ValueError(f"{MODE_ENV}={m!r} is not one of {', '.join(_known_modes())}")
     return m
@@ -101,7 +105,7 @@ def choose(op: str, backend: Backend | None = None) -> OpImpl | None:
 
 def dispatch(op: str) -> Callable:
     """The callable for `op` on the active backend, cached per (op, backend)."""
-    key = (op, runtime.active().name + ":" + mode())
+    key = (op, runtime.active().name, _raw_mode())  # the mode is validated on a miss, in choose()
     fn = _cache.get(key)
     if fn is None:
         impl = choose(op)
