@@ -450,8 +450,8 @@ def _note(r: dict) -> str:
 
 
 def table_rows(report: dict) -> list[list[str]]:
-    """One row per result: op/portkit's implementation, mode, shape, portkit ms, GB/s, of copy, native, ms, GB/s, of copy,
-    speedup, note."""
+    """One row per result: op/portkit's implementation, mode, shape, portkit ms, GB/s, of copy,
+    native, ms, GB/s, of copy, speedup, note."""
     out = []
     for r in report["results"]:
         ours, nat = r["portkit"], r["native"] or {}
