@@ -290,6 +290,7 @@ def main(args) -> int:
         from portkit.models import report
         paths = report.write(out, recipe, run, backend, strategy, time.perf_counter() - t0)
         run.progress.note(report.summary_text(out) + f"\nreport: {paths[0]}")
+    del run  # its models and engines go before the process group does
     strategy.shutdown()
     return 0
 

@@ -8,6 +8,7 @@ Framework strategies load their framework (and portkit's adapter for it) only wh
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import os
 
@@ -145,6 +146,9 @@ class _Distributed(Strategy):
 
     def shutdown(self):
         if dist.is_initialized():
+            # framework objects in reference cycles (engines, optimizers) can hold gloo work and
+            # tensors; left to interpreter finalization their release can abort the process
+            gc.collect()
             dist.destroy_process_group()
 
 

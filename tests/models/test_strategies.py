@@ -28,7 +28,7 @@ TEARDOWN_ABORT = "terminate called without an active exception"
 
 
 def run(recipe, out, nproc):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PORTKIT_BACKEND": "cpu",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PORTKIT_BACKEND": "cpu", "PYTHONFAULTHANDLER": "1",
            "TORCH_EXTENSIONS_DIR": str(Path(out).parent / "ext")}
     for _ in range(2):
         launch = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",

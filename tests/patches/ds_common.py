@@ -58,7 +58,8 @@ def torchrun(script: str, args: list[str], nproc: int = 2, backend: str | None =
     import os
     import subprocess
     import sys
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
+    # faulthandler: a worker that aborts prints its Python stacks
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1", **(env or {}))
     env.pop("PORTKIT_BACKEND", None)
     if backend is not None:
         env["PORTKIT_BACKEND"] = backend
