@@ -2,10 +2,14 @@
 the pairing of each custom op (for torch.compile) with an autograd.Function (for eager)."""
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor, FunctionalTensorMode
 
 from portkit import runtime
 from portkit.ops import registry
@@ -38,13 +42,51 @@ def check_vector(name: str, v: Tensor | None, size: int, op: str) -> None:
 
 
 # -- custom op for torch.compile, autograd.Function for eager -------------------------------
-def custom_op(name: str) -> Callable:
-    """torch.library.custom_op (nothing mutated) that keeps its plain body as `.body`."""
+_trace = threading.local()
+
+
+def tracing_body() -> bool:
+    """True while torch.compile traces an op's body: Triton launchers then hand their
+    kernels to torch.library.wrap_triton so inductor launches them from its own code."""
+    return getattr(_trace, "on", False)
+
+
+def custom_op(name: str, traced: bool = True) -> Callable:
+    """torch.library.custom_op (nothing mutated) that keeps its plain body as `.body`.
+
+    With `traced`, torch.compile traces through the body (the rule torch.library.triton_op
+    installs, without its import of triton): the chosen implementation's torch ops and
+    Triton kernels land in inductor's graph, so no dispatcher or Python runs per call in
+    compiled code. An implementation must then be traceable: torch ops, or Triton kernels
+    launched through portkit.ops._triton_utils.launch. torch.export keeps the op whole.
+    """
     def wrap(fn: Callable):
         op = torch.library.custom_op(name, mutates_args=())(fn)
         op.body = fn
+        if traced:
+            op.register_torch_dispatch(FunctionalTensorMode, _traced_body(fn))
         return op
     return wrap
+
+
+def _traced_body(fn: Callable) -> Callable:
+    def decompose(mode, func, types, args, kwargs):
+        if _export_keeps_ops():
+            return mode.__torch_dispatch__(func, types, args, kwargs)  # stays one opaque op
+        if any(not issubclass(t, FakeTensor) and t not in (Tensor, FunctionalTensor) for t in types):
+            return NotImplemented  # a tensor subclass (DTensor, ...) handles the op itself
+        before, _trace.on = tracing_body(), True
+        try:
+            with mode:
+                return fn(*args, **kwargs)
+        finally:
+            _trace.on = before
+    return decompose
+
+
+def _export_keeps_ops() -> bool:
+    from torch.export._trace import custom_triton_ops_decomposition_disabled
+    return custom_triton_ops_decomposition_disabled()
 
 
 def call(ctx, op) -> Callable:

@@ -121,7 +121,9 @@ def _reduce(loss_rows: Tensor, target: Tensor, ignore_index: int, reduction: str
     return total / (target != ignore_index).sum()  # nan when every row is ignored, as torch
 
 
-@custom_op("portkit::linear_cross_entropy")
+# Opaque under torch.compile: its matmuls dwarf a call's dispatch, and torch 2.11 cannot trace
+# addmm with out_dtype (the fp32 weight-gradient accumulation).
+@custom_op("portkit::linear_cross_entropy", traced=False)
 def _lce(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor], ignore_index: int,
          reduction: str, with_grads: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     scale = _scale(target, ignore_index, reduction) if with_grads else None
@@ -139,7 +141,7 @@ def _(hidden, weight, target, bias, ignore_index, reduction, with_grads):
     return loss, hidden.new_empty(hidden.shape), weight.new_empty(weight.shape), gb
 
 
-@custom_op("portkit::linear_cross_entropy_backward")
+@custom_op("portkit::linear_cross_entropy_backward", traced=False)
 def _lce_backward(grad_loss: Tensor, hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor],
                   ignore_index: int) -> tuple[Tensor, Tensor, Tensor]:
     """reduction "none": recompute the chunks with the per-row upstream gradient."""

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from portkit.ops import norms
-from portkit.ops._triton_utils import fits, row_settings, sm_count
+from portkit.ops._triton_utils import fits, launch, row_settings, sm_count
 
 PROGRAMS_PER_SM = 4  # backward programs per multiprocessor: enough in flight to saturate memory
 SUM_BLOCK_P, SUM_BLOCK_N = 128, 32  # tile of the partial-sum reduction: 16 KB of loads in flight a step
@@ -74,13 +74,19 @@ def _norm_bwd_kernel(DY, X, W, MEAN, RSTD, DX, PART, n_rows, n_cols, rows_per_pr
     first = pid.to(tl.int64) * rows_per_prog  # 64-bit row offsets: N*H may pass 2**31
     last = tl.minimum(first + rows_per_prog, n_rows)
     dy_next, x_next = _load_rows(DY, X, first, n_cols, cols, mask & (first < last))
+    rstd_next = tl.load(RSTD + first, mask=first < last, other=0.0)
+    if CENTERED:
+        mean_next = tl.load(MEAN + first, mask=first < last, other=0.0)
     for row in range(first, last):
-        dy, x = dy_next.to(tl.float32), x_next.to(tl.float32)
-        # the next row's loads are issued before this row's reductions: memory stays busy
-        dy_next, x_next = _load_rows(DY, X, row + 1, n_cols, cols, mask & (row + 1 < last))
-        rstd = tl.load(RSTD + row)
+        dy, x, rstd = dy_next.to(tl.float32), x_next.to(tl.float32), rstd_next
         if CENTERED:
-            x = x - tl.load(MEAN + row)
+            x = x - mean_next
+        # the next row's loads are issued before this row's reductions: memory stays busy
+        more = row + 1 < last
+        dy_next, x_next = _load_rows(DY, X, row + 1, n_cols, cols, mask & more)
+        rstd_next = tl.load(RSTD + row + 1, mask=more, other=0.0)
+        if CENTERED:
+            mean_next = tl.load(MEAN + row + 1, mask=more, other=0.0)
         xhat = tl.where(mask, x * rstd, 0.0)
         if HAS_W:
             g = dy * w
@@ -135,8 +141,10 @@ def _param_grads(part: torch.Tensor, params: list, x: torch.Tensor) -> list[torc
     present = [o for o, p in zip(outs, params) if p is not None]
     if present:
         h, block_n = x.shape[1], SUM_BLOCK_N
-        _sum_parts_kernel[(triton.cdiv(h, block_n), len(present))](
-            part, present[0], present[-1], part.shape[1], h, BLOCK_P=SUM_BLOCK_P, BLOCK_N=block_n, num_warps=4)
+        # the outputs must not alias: a traced launch gives each written argument its own copy
+        out_b = present[1] if len(present) == 2 else _dummy(x)
+        launch(_sum_parts_kernel)[(triton.cdiv(h, block_n), len(present))](
+            part, present[0], out_b, part.shape[1], h, BLOCK_P=SUM_BLOCK_P, BLOCK_N=block_n, num_warps=4)
     return outs
 
 
@@ -152,7 +160,7 @@ def rms_norm_fwd(x, weight, eps):
     rstd = x.new_empty(n, dtype=torch.float32)
     block, warps = row_settings(h)
     w = weight if weight is not None else _dummy(x)
-    _rms_fwd_kernel[(n,)](x, y, w, rstd, h, eps, HAS_W=weight is not None, BLOCK=block, num_warps=warps)
+    launch(_rms_fwd_kernel)[(n,)](x, y, w, rstd, h, eps, HAS_W=weight is not None, BLOCK=block, num_warps=warps)
     return y, rstd
 
 
@@ -172,8 +180,8 @@ def layer_norm_fwd(x, weight, bias, eps):
     block, warps = row_settings(h)
     w = weight if weight is not None else _dummy(x)
     b = bias if bias is not None else _dummy(x)
-    _ln_fwd_kernel[(n,)](x, y, w, b, mean, rstd, h, eps, HAS_W=weight is not None,
-                         HAS_B=bias is not None, BLOCK=block, num_warps=warps)
+    launch(_ln_fwd_kernel)[(n,)](x, y, w, b, mean, rstd, h, eps, HAS_W=weight is not None,
+                                 HAS_B=bias is not None, BLOCK=block, num_warps=warps)
     return y, mean, rstd
 
 
@@ -191,7 +199,7 @@ def _norm_bwd(dy, x, weight, bias, mean, rstd, centered=False):
     part = _partials(x, programs, int(weight is not None) + int(bias is not None))
     block, warps = row_settings(h)
     w = weight if weight is not None else _dummy(x)
-    _norm_bwd_kernel[(programs,)](dy, x, w, mean, rstd, dx, part, n, h, per, CENTERED=centered,
-                                  HAS_W=weight is not None, HAS_B=bias is not None,
-                                  BLOCK=block, num_warps=warps)
+    launch(_norm_bwd_kernel)[(programs,)](dy, x, w, mean, rstd, dx, part, n, h, per, CENTERED=centered,
+                                          HAS_W=weight is not None, HAS_B=bias is not None,
+                                          BLOCK=block, num_warps=warps)
     return (dx, *_param_grads(part, [weight, bias], x))

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from portkit.ops._triton_utils import launch
+
 BLOCK_ELEMS = 4096  # elements per program (positions x head size)
 
 
@@ -33,7 +35,7 @@ def _rotary_kernel(X, COS, SIN, Y, n_heads, T, half, sxb, sxh, sxt, sign,
     tl.store(dst + half, (x2 * cos + x1 * sin).to(Y.dtype.element_ty), mask=mask)
 
 
-def _launch(x, cos, sin, sign):
+def _rotate(x, cos, sin, sign):
     if x.stride(-1) != 1:
         x = x.contiguous()
     B, nh, T, hs = x.shape
@@ -42,15 +44,15 @@ def _launch(x, cos, sin, sign):
     block_h = triton.next_power_of_2(half)
     block_t = max(1, min(triton.next_power_of_2(T), BLOCK_ELEMS // (2 * block_h)))
     grid = (B * nh, triton.cdiv(T, block_t))
-    _rotary_kernel[grid](x, cos.contiguous(), sin.contiguous(), y, nh, T, half,
-                         x.stride(0), x.stride(1), x.stride(2), sign,
-                         BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4)
+    launch(_rotary_kernel)[grid](x, cos.contiguous(), sin.contiguous(), y, nh, T, half,
+                                 x.stride(0), x.stride(1), x.stride(2), sign,
+                                 BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4)
     return y
 
 
 def rotary_fwd(x, cos, sin):
-    return _launch(x, cos, sin, 1.0)
+    return _rotate(x, cos, sin, 1.0)
 
 
 def rotary_bwd(dy, cos, sin):
-    return _launch(dy, cos, sin, -1.0)
+    return _rotate(dy, cos, sin, -1.0)
