@@ -3,13 +3,16 @@
 Every op is differentiable, a `torch.library.custom_op` (namespace "portkit") with a fake
 (shape-only) implementation and a registered autograd formula, and dispatches through
 `portkit.ops.registry` to the best implementation on the active backend (Triton on CUDA
-and ROCm), else the torch reference. `PORTKIT_OPS=reference` (or `set_mode("reference")`)
-forces the references. Importing this package never imports triton.
+and ROCm), else the torch reference. torch.compile traces through an op to that
+implementation (its Triton kernels or torch ops land in inductor's graph).
+`PORTKIT_OPS=reference` (or `set_mode("reference")`) forces the references. Importing this
+package never imports triton.
 
 Registry ops (forward and backward separate, so a plugin may replace either):
 rms_norm_fwd/bwd, layer_norm_fwd/bwd, bias_gelu_fwd/bwd, swiglu_fwd/bwd, rotary_fwd/bwd,
 softmax_fwd/bwd, cross_entropy_chunk, linear_cross_entropy_fwd, adamw_step.
 """
+from portkit.ops._op import launchable
 from portkit.ops.registry import OpImpl, set_mode
 from portkit.ops.norms import layer_norm, rms_norm
 from portkit.ops.activations import bias_gelu, swiglu
@@ -18,5 +21,5 @@ from portkit.ops.softmax import scaled_masked_softmax
 from portkit.ops.cross_entropy import linear_cross_entropy
 from portkit.ops.adamw import FusedAdamW
 
-__all__ = ["OpImpl", "set_mode", "rms_norm", "layer_norm", "bias_gelu", "swiglu", "rotary", "rotary_tables",
-           "scaled_masked_softmax", "linear_cross_entropy", "FusedAdamW"]
+__all__ = ["OpImpl", "set_mode", "launchable", "rms_norm", "layer_norm", "bias_gelu", "swiglu", "rotary",
+           "rotary_tables", "scaled_masked_softmax", "linear_cross_entropy", "FusedAdamW"]

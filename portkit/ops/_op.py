@@ -51,6 +51,13 @@ def tracing_body() -> bool:
     return getattr(_trace, "on", False)
 
 
+def launchable(kernel):
+    """A Triton kernel ready for `[grid](...)`: itself, or while torch.compile traces an op's
+    body the torch.library.wrap_triton wrapper that puts it into inductor's graph. Every
+    launcher of a kernel that an op's body may run calls it through this."""
+    return torch.library.wrap_triton(kernel) if tracing_body() else kernel
+
+
 def custom_op(name: str, traced: bool = True) -> Callable:
     """torch.library.custom_op (nothing mutated) that keeps its plain body as `.body`.
 

@@ -8,8 +8,6 @@ import warnings
 import torch
 import triton
 
-from portkit.ops._op import tracing_body
-
 MAX_ROW = 65536  # widest row one program keeps in registers (elements)
 
 
@@ -64,8 +62,3 @@ def fits(op: str, n_cols: int, limit: int = MAX_ROW) -> bool:
                       f"limit of {limit}; using the torch reference for them", stacklevel=3)
     return False
 
-
-def launch(kernel):
-    """`kernel`, or while torch.compile traces an op's body the traceable wrapper that puts
-    the kernel into inductor's graph. Every launcher calls its kernels through this."""
-    return torch.library.wrap_triton(kernel) if tracing_body() else kernel

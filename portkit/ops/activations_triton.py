@@ -10,7 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from portkit.ops._triton_utils import launch, sm_count
+from portkit.ops._op import launchable
+from portkit.ops._triton_utils import sm_count
 
 BLOCK = 4096         # elements per program of the elementwise kernels
 WARPS = 8
@@ -101,8 +102,8 @@ def bias_gelu_fwd(x, bias):
     y = torch.empty_like(x)
     b = bias if bias is not None else x.new_empty(1)
     grid = (triton.cdiv(x.numel(), BLOCK),)
-    launch(_bias_gelu_fwd_kernel)[grid](x, b, y, x.numel(), x.shape[1], HAS_B=bias is not None,
-                                        BLOCK=BLOCK, num_warps=WARPS)
+    launchable(_bias_gelu_fwd_kernel)[grid](x, b, y, x.numel(), x.shape[1], HAS_B=bias is not None,
+                                            BLOCK=BLOCK, num_warps=WARPS)
     return y
 
 
@@ -129,8 +130,8 @@ def bias_gelu_bwd(dy, x, bias):
     has_b = bias is not None
     db_part = x.new_empty((programs, h) if has_b else (0,), dtype=torch.float32)
     b = bias if has_b else x.new_empty(1)
-    launch(_bias_gelu_bwd_kernel)[(programs, col_blocks)](dy, x, b, dx, db_part, n, h, per, HAS_B=has_b,
-                                                          ROWS=rows, COLS=cols, num_warps=WARPS)
+    launchable(_bias_gelu_bwd_kernel)[(programs, col_blocks)](dy, x, b, dx, db_part, n, h, per, HAS_B=has_b,
+                                                              ROWS=rows, COLS=cols, num_warps=WARPS)
     db = db_part.sum(0).to(bias.dtype) if has_b else x.new_empty(0)
     return dx, db
 
@@ -139,12 +140,12 @@ def swiglu_fwd(x):
     n, h2 = x.shape
     y = x.new_empty((n, h2 // 2))
     grid = (triton.cdiv(y.numel(), BLOCK),)
-    launch(_swiglu_fwd_kernel)[grid](x, y, y.numel(), h2 // 2, BLOCK=BLOCK, num_warps=WARPS)
+    launchable(_swiglu_fwd_kernel)[grid](x, y, y.numel(), h2 // 2, BLOCK=BLOCK, num_warps=WARPS)
     return y
 
 
 def swiglu_bwd(dy, x):
     dx = torch.empty_like(x)
     grid = (triton.cdiv(dy.numel(), BLOCK),)
-    launch(_swiglu_bwd_kernel)[grid](dy, x, dx, dy.numel(), x.shape[1] // 2, BLOCK=BLOCK, num_warps=WARPS)
+    launchable(_swiglu_bwd_kernel)[grid](dy, x, dx, dy.numel(), x.shape[1] // 2, BLOCK=BLOCK, num_warps=WARPS)
     return dx

@@ -11,7 +11,8 @@ import triton
 import triton.language as tl
 
 from portkit.ops import cross_entropy
-from portkit.ops._triton_utils import is_hip, launch
+from portkit.ops._op import launchable
+from portkit.ops._triton_utils import is_hip
 
 BLOCK_V = 4096  # vocabulary slice per loop step
 
@@ -53,9 +54,9 @@ def cross_entropy_chunk(logits, target, ignore_index, grad_scale):
     has_grad = grad_scale is not None
     scale = grad_scale.float().contiguous() if has_grad else loss
     block = min(BLOCK_V, triton.next_power_of_2(v))
-    launch(_ce_kernel)[(c,)](logits, target, loss, scale, v, logits.stride(0), ignore_index,
-                             HAS_GRAD=has_grad, ROW_SCALE=has_grad and scale.dim() == 1, BLOCK=block,
-                             num_warps=16 if is_hip() else 32)
+    launchable(_ce_kernel)[(c,)](logits, target, loss, scale, v, logits.stride(0), ignore_index,
+                                 HAS_GRAD=has_grad, ROW_SCALE=has_grad and scale.dim() == 1, BLOCK=block,
+                                 num_warps=16 if is_hip() else 32)
     return loss
 
 

@@ -14,7 +14,8 @@ import triton
 import triton.language as tl
 
 from portkit.ops import norms
-from portkit.ops._triton_utils import fits, is_hip, launch, row_settings, sm_count
+from portkit.ops._op import launchable
+from portkit.ops._triton_utils import fits, is_hip, row_settings, sm_count
 
 # Backward launch shape from an H100 sweep (bf16, rows of 1024 to 8192): 16 elements of a row
 # per thread and about 16 warps per multiprocessor were the fastest at every width.
@@ -149,7 +150,7 @@ def _param_grads(part: torch.Tensor, params: list, x: torch.Tensor) -> list[torc
         h, block_n = x.shape[1], SUM_BLOCK_N
         # the outputs must not alias: a traced launch gives each written argument its own copy
         out_b = present[1] if len(present) == 2 else _dummy(x)
-        launch(_sum_parts_kernel)[(triton.cdiv(h, block_n), len(present))](
+        launchable(_sum_parts_kernel)[(triton.cdiv(h, block_n), len(present))](
             part, present[0], out_b, part.shape[1], h, BLOCK_P=SUM_BLOCK_P, BLOCK_N=block_n, num_warps=SUM_WARPS)
     return outs
 
@@ -166,7 +167,7 @@ def rms_norm_fwd(x, weight, eps):
     rstd = x.new_empty(n, dtype=torch.float32)
     block, warps = row_settings(h)
     w = weight if weight is not None else _dummy(x)
-    launch(_rms_fwd_kernel)[(n,)](x, y, w, rstd, h, eps, HAS_W=weight is not None, BLOCK=block, num_warps=warps)
+    launchable(_rms_fwd_kernel)[(n,)](x, y, w, rstd, h, eps, HAS_W=weight is not None, BLOCK=block, num_warps=warps)
     return y, rstd
 
 
@@ -186,8 +187,8 @@ def layer_norm_fwd(x, weight, bias, eps):
     block, warps = row_settings(h)
     w = weight if weight is not None else _dummy(x)
     b = bias if bias is not None else _dummy(x)
-    launch(_ln_fwd_kernel)[(n,)](x, y, w, b, mean, rstd, h, eps, HAS_W=weight is not None,
-                                 HAS_B=bias is not None, BLOCK=block, num_warps=warps)
+    launchable(_ln_fwd_kernel)[(n,)](x, y, w, b, mean, rstd, h, eps, HAS_W=weight is not None,
+                                     HAS_B=bias is not None, BLOCK=block, num_warps=warps)
     return y, mean, rstd
 
 
@@ -204,7 +205,7 @@ def _norm_bwd(dy, x, weight, bias, mean, rstd, centered=False):
     programs, per, block, warps = _bwd_shape(x)
     part = _partials(x, programs, int(weight is not None) + int(bias is not None))
     w = weight if weight is not None else _dummy(x)
-    launch(_norm_bwd_kernel)[(programs,)](dy, x, w, mean, rstd, dx, part, n, h, per, CENTERED=centered,
-                                          HAS_W=weight is not None, HAS_B=bias is not None,
-                                          BLOCK=block, num_warps=warps)
+    launchable(_norm_bwd_kernel)[(programs,)](dy, x, w, mean, rstd, dx, part, n, h, per, CENTERED=centered,
+                                              HAS_W=weight is not None, HAS_B=bias is not None,
+                                              BLOCK=block, num_warps=warps)
     return (dx, *_param_grads(part, [weight, bias], x))

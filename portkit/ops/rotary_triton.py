@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from portkit.ops._triton_utils import launch
+from portkit.ops._op import launchable
 
 BLOCK_ELEMS = 4096  # elements per program (positions x head size)
 
@@ -44,9 +44,9 @@ def _rotate(x, cos, sin, sign):
     block_h = triton.next_power_of_2(half)
     block_t = max(1, min(triton.next_power_of_2(T), BLOCK_ELEMS // (2 * block_h)))
     grid = (B * nh, triton.cdiv(T, block_t))
-    launch(_rotary_kernel)[grid](x, cos.contiguous(), sin.contiguous(), y, nh, T, half,
-                                 x.stride(0), x.stride(1), x.stride(2), sign,
-                                 BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4)
+    launchable(_rotary_kernel)[grid](x, cos.contiguous(), sin.contiguous(), y, nh, T, half,
+                                     x.stride(0), x.stride(1), x.stride(2), sign,
+                                     BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4)
     return y
 
 

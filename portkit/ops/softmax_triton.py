@@ -10,7 +10,8 @@ import triton
 import triton.language as tl
 
 from portkit.ops import softmax
-from portkit.ops._triton_utils import fits, launch, row_settings
+from portkit.ops._op import launchable
+from portkit.ops._triton_utils import fits, row_settings
 
 MAX_TK = 32768
 
@@ -61,8 +62,8 @@ def softmax_fwd(x, mask, scale, causal):
     else:
         m, strides = x.new_empty(1, dtype=torch.uint8), (0, 0, 0, 0)
     block, warps = row_settings(Tk)
-    launch(_softmax_fwd_kernel)[(B * nh * Tq,)](x, m, y, nh, Tq, Tk, scale, *strides, HAS_MASK=mask is not None,
-                                                CAUSAL=causal, BLOCK=block, num_warps=warps)
+    launchable(_softmax_fwd_kernel)[(B * nh * Tq,)](x, m, y, nh, Tq, Tk, scale, *strides, HAS_MASK=mask is not None,
+                                                    CAUSAL=causal, BLOCK=block, num_warps=warps)
     return y
 
 
@@ -72,5 +73,5 @@ def softmax_bwd(dy, y, scale):
         return softmax.softmax_bwd(dy, y, scale)
     dx = torch.empty_like(y)
     block, warps = row_settings(Tk)
-    launch(_softmax_bwd_kernel)[(y.numel() // Tk,)](dy, y, dx, Tk, scale, BLOCK=block, num_warps=warps)
+    launchable(_softmax_bwd_kernel)[(y.numel() // Tk,)](dy, y, dx, Tk, scale, BLOCK=block, num_warps=warps)
     return dx
