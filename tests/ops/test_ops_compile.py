@@ -60,6 +60,21 @@ def test_compile_traces_into_the_op_body_on_cpu(name, seeded):
         assert "torch.ops.aten" in code
 
 
+def test_compiled_code_runs_no_portkit_dispatch(monkeypatch, seeded):
+    calls = []
+    dispatch = registry.dispatch
+    monkeypatch.setattr(registry, "dispatch", lambda op: calls.append(op) or dispatch(op))
+    fn = lambda x, w, b: ops.bias_gelu(ops.layer_norm(x, w, b), b)  # noqa: E731
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    inputs = [torch.randn(6, 40), torch.rand(40) + 0.5, torch.randn(40)]
+    _run(compiled, inputs)
+    assert calls, "tracing chooses the implementations"
+    calls.clear()
+    y, grads = _run(compiled, [t + 1 for t in inputs])
+    assert calls == [], f"compiled code dispatched {calls} at run time"
+    torch.testing.assert_close(y, fn(*[t + 1 for t in inputs]))
+
+
 def test_linear_cross_entropy_stays_one_op_under_compile(seeded):
     target = torch.arange(10) % 7
     fn = lambda h, v: ops.linear_cross_entropy(h, v, target)  # noqa: E731
