@@ -7,7 +7,6 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-
 from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensor, FunctionalTensorMode
 
@@ -65,7 +64,7 @@ def custom_op(name: str, traced: bool = True) -> Callable:
     installs, without its import of triton): the chosen implementation's torch ops and
     Triton kernels land in inductor's graph, so no dispatcher or Python runs per call in
     compiled code. An implementation must then be traceable: torch ops, or Triton kernels
-    launched through portkit.ops._triton_utils.launch. torch.export keeps the op whole.
+    launched through `launchable`. torch.export keeps the op whole.
     """
     def wrap(fn: Callable):
         op = torch.library.custom_op(name, mutates_args=())(fn)

@@ -61,4 +61,3 @@ def fits(op: str, n_cols: int, limit: int = MAX_ROW) -> bool:
         warnings.warn(f"portkit.ops: {op} rows of {n_cols} elements exceed the Triton kernel's "
                       f"limit of {limit}; using the torch reference for them", stacklevel=3)
     return False
-

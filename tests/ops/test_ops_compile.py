@@ -70,7 +70,7 @@ def test_compiled_code_runs_no_portkit_dispatch(monkeypatch, seeded):
     _run(compiled, inputs)
     assert calls, "tracing chooses the implementations"
     calls.clear()
-    y, grads = _run(compiled, [t + 1 for t in inputs])
+    y, _ = _run(compiled, [t + 1 for t in inputs])
     assert calls == [], f"compiled code dispatched {calls} at run time"
     torch.testing.assert_close(y, fn(*[t + 1 for t in inputs]))
 
@@ -102,7 +102,7 @@ def test_inductor_launches_the_triton_kernels_gpu(name, gpu, seeded, close):
     from torch._inductor.utils import run_and_get_code
     fn, inputs, kernels = _cases(gpu)[name]
     torch._dynamo.reset()
-    registry.set_mode("triton")  # LayerNorm dispatches to aten by default
+    registry.set_mode("triton")  # the Triton kernels, whatever ranks first on this machine
     try:
         compiled = torch.compile(fn, fullgraph=True)
         (y, grads), code = run_and_get_code(lambda: _run(compiled, inputs))
