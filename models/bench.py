@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 import portkit
 import portkit.ops as ops
+from portkit.bench import write_output
 from portkit.ops import registry
 
 SCHEMA = "portkit.bench.train/1"
@@ -157,9 +158,7 @@ def main(args: argparse.Namespace) -> int:
     report = run(ta, command_line(args), progress=lambda s: print(f"  {s} ...", file=sys.stderr, flush=True))
     print_table(report)
     if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {args.json_out}", file=sys.stderr)
+        write_output(args.json_out, json.dumps(report, indent=1) + "\n")
     return 0
 
 

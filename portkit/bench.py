@@ -95,13 +95,14 @@ def _main_ops(args: argparse.Namespace) -> int:
     report = benchmark.run(cfg, progress=lambda op: print(f"  measuring {op} ...", file=sys.stderr, flush=True))
     _print_table(report, benchmark)
     if args.json_out:
-        _write(args.json_out, json.dumps(report, indent=1) + "\n")
+        write_output(args.json_out, json.dumps(report, indent=1) + "\n")
     if args.markdown_out:
-        _write(args.markdown_out, benchmark.markdown(report))
+        write_output(args.markdown_out, benchmark.markdown(report))
     return 0
 
 
-def _write(path: Path, text: str) -> None:
+def write_output(path: Path, text: str) -> None:
+    """Write a result file (creating its folder) and say so on stderr."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     print(f"wrote {path}", file=sys.stderr)
