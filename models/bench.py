@@ -3,7 +3,8 @@
 Variants, each over the same shapes and the same random tokens:
   portkit            portkit.models.gpt.GPT (fused ops, loss through linear_cross_entropy),
                      bf16 parameters, ops.FusedAdamW with fp32 master weights
-  portkit-compiled   the same under torch.compile (its ops are custom ops with fake impls)
+  portkit-compiled   the same under torch.compile (the ops' bodies are traced: inductor
+                     launches their kernels)
   portkit-reference  portkit with the ops registry forced to "reference" (the torch code
                      paths): its step time against native-eager is the cost of portkit's
                      dispatch and patches
