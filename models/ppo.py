@@ -81,10 +81,13 @@ class KLController:
         self.coef = state["coef"]
 
 
-def standard_scores(ctx, rm, seq, valid, P):
-    """The reward model's score at each row's last real response token, standardised by its
-    held-out mean/std: (B,)."""
-    end = P + valid[:, P:].sum(1).long() - 1
+def response_end(valid, P):
+    """Index of each row's last real response token: (B,)."""
+    return P + valid[:, P:].sum(1).long() - 1
+
+
+def standard_scores(ctx, rm, seq, valid, end):
+    """The reward model's score at `end`, standardised by its held-out mean/std: (B,)."""
     return (end_scores(rm, seq, end, valid) - ctx.rm_norm[0]) / ctx.rm_norm[1]
 
 
@@ -99,7 +102,7 @@ def reference_scores(ctx, ref, rm, prompts, batch: int = 128):
         idx, valid = prompts.idx[i:i + batch].to(ctx.device), prompts.valid[i:i + batch].to(ctx.device)
         seq, valid = ref.generate(idx, valid, cfg.max_new_tokens, tok.eos_id, tok.pad_id, 0.0, 0, None,
                                   early_stop=not ctx.strategy.lockstep)
-        out.append(standard_scores(ctx, rm, seq, valid, idx.shape[1]))
+        out.append(standard_scores(ctx, rm, seq, valid, response_end(valid, idx.shape[1])))
     return torch.cat(out)
 
 
@@ -118,9 +121,9 @@ def rollout(ctx, actor, critic, ref, rm, prompts, ids, gen, kl: KLController, ba
     ref_logp = sequence_logprobs(ref, seq, valid, P)
     critic.module.eval()
     values = critic.module(seq[:, :-1], valid=valid[:, :-1])[:, P - 1:] * mask
-    raw = standard_scores(ctx, rm, seq, valid, P)
+    end = response_end(valid, P)
+    raw = standard_scores(ctx, rm, seq, valid, end)
     score = raw - baseline[ids.to(baseline.device)]
-    end = P + mask.sum(1).long() - 1
     kl_tok = kl_penalty(logp, ref_logp, cfg.kl_estimator) * mask
     rewards = -kl.coef * kl_tok
     rewards[torch.arange(len(end)), end - P] += score

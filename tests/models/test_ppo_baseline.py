@@ -9,7 +9,7 @@ from portkit.models import data as D
 from portkit.models import recipe as R
 from portkit.models.gpt import GPT, GPTConfig
 from portkit.models.make_data import solve
-from portkit.models.ppo import reference_scores, standard_scores, zero_value_head
+from portkit.models.ppo import reference_scores, response_end, standard_scores, zero_value_head
 from portkit.models.tokenizer import ByteTokenizer
 
 DEFAULT = Path(__file__).resolve().parents[2] / "models" / "recipes" / "default.yaml"
@@ -39,7 +39,7 @@ def test_reference_scores_are_the_greedy_responses_standardised_score():
         idx, valid = idx[valid][None], valid[valid][None]
         with torch.no_grad():
             seq, v = ref.generate(idx, valid, 4, tok.eos_id, tok.pad_id, 0.0)
-            want = standard_scores(ctx, rm, seq, v, idx.shape[1])
+            want = standard_scores(ctx, rm, seq, v, response_end(v, idx.shape[1]))
         assert torch.allclose(got[i], want[0], atol=1e-5)
     raw = rm(seq, valid=v)[0, -1]
     assert torch.allclose(want[0], (raw - 0.5) / 2.0, atol=1e-5)  # read at the last real token
