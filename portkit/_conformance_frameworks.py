@@ -8,6 +8,7 @@ parameters on every rank.
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 
 import torch
@@ -59,7 +60,6 @@ def same_params(got: torch.nn.Module, want: torch.nn.Module, what: str) -> str |
 def _framework_checks(b: Backend, framework: str, accelerator, built: str, build, stepped: str,
                       step) -> list[Check]:
     """The shared order of a framework group: adapter init, accelerator, build, one step."""
-    import importlib
     patch = importlib.import_module(f"portkit.patches.{framework}")
     checks = [attempt(f"adapter init (portkit.patches.{framework}.init)", lambda: _init(patch, b))]
     if not checks[0].ok:
