@@ -20,10 +20,19 @@ Variants, each over the same shapes and the same random tokens:
 The dispatch overhead row compares portkit-reference with native-bf16 when both ran (else
 with native-eager, whose precision and optimizer also differ; the row says which).
 
-Step time is the median wall time of a whole step (forward, backward, optimizer step,
-synchronized) after the warmup steps; host time is the median time until the step's work
-was issued: near the step time the run is host-bound (Python, dispatch, launches), well
-below it the device is the limit and host-side overhead is hidden. MFU = flops per token * tokens/s / peak, with
+Every variant runs in its own process (nothing cached by an earlier variant, no allocator
+leftovers, no order effect), from the same initial weights (the portkit GPT's, seeded; the
+native model loads them with its q/k/v rows reordered) and on the same real, non-repeated
+tokens: bytes of the Python standard library's source, in file order. The learning rate
+warms up linearly over the first LR_WARMUP steps.
+
+A run is warmup steps, then `steps` steps timed as a training loop runs (one
+synchronisation at the end: the headline step time and tokens/s), then `steps` steps each
+synchronised (the per-step column; host time is the median time until a step's work was
+issued: near the step time the run is host-bound, well below it the device is the limit).
+The convergence check compares the mean loss of the last TAIL steps of every variant with
+the native reference variant's (native-eager, else native-compiled, else native-bf16): it
+passes within LOSS_TOLERANCE, relative. MFU = flops per token * tokens/s / peak, with
 flops per token = 6 * N + 12 * L * d * T (N: parameters without the position embedding,
 the tied token embedding counted once as the LM head; the attention term counts the full
 T x T score and value matmuls, forward and backward, as nanoGPT and PaLM do). None where
@@ -40,11 +49,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import gc
 import json
-import math
+import os
 import statistics
+import subprocess
 import sys
+import sysconfig
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,6 +74,10 @@ VARIANTS = ("portkit", "portkit-compiled", "portkit-reference", "native-eager", 
 DEFAULT_VARIANTS = ("portkit", "portkit-reference", "native-eager", "native-compiled", "native-bf16")
 REFERENCE_MODE = ("portkit-reference", "native-bf16")  # run with registry.set_mode("reference")
 FLOPS_FORMULA = "6*N + 12*L*d*T flops per token (N: params without wpe; full T x T attention)"
+LR, LR_WARMUP = 3e-4, 10
+TAIL = 5                 # the convergence check compares the mean loss of the last TAIL steps
+LOSS_TOLERANCE = 0.02    # relative difference of that mean from the native reference's
+NATIVE_REFERENCES = ("native-eager", "native-compiled", "native-bf16")
 
 
 @dataclass(frozen=True)
@@ -100,7 +114,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default="124m,350m,1.3b", help=f"comma-separated presets: {', '.join(PRESETS)}")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                    help=f"comma-separated subset of: {', '.join(VARIANTS)}")
-    p.add_argument("--steps", type=int, default=20, help="timed steps, median taken (default %(default)s)")
+    p.add_argument("--steps", type=int, default=20,
+                   help="steps timed as a loop runs, then as many synchronised each (default %(default)s)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default %(default)s)")
     p.add_argument("--batch", type=int, help="override the presets' batch size")
     p.add_argument("--seq", type=int, help="override the presets' sequence length")
@@ -222,33 +237,55 @@ class Built:
 
 
 def portkit_gpt(p: Preset, block_size: int, head: str = "lm") -> nn.Module:
+    """The portkit GPT of a preset, fp32, its weights drawn from seed 0 on the device."""
     from portkit.models.gpt import GPT, GPTConfig
     cfg = GPTConfig(n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd, block_size=block_size, vocab_size=p.vocab,
                     norm="layernorm", pos="learned", mlp="gelu", bias=True)
-    return GPT(cfg, head=head).to(device=portkit.device(), dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    with torch.device(portkit.device()):
+        return GPT(cfg, head=head)
+
+
+def native_state(state: dict, p: Preset) -> dict:
+    """The portkit GPT's state dict under NativeGPT's names; c_attn's rows go from portkit's
+    per-head (nh, 3, hs) order to nanoGPT's (3, nh, hs)."""
+    C, nh = p.n_embd, p.n_head
+    out = {k: state[k] for k in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")}
+    renames = {"ln_1.weight": "ln_1.weight", "ln_1.bias": "ln_1.bias", "ln_2.weight": "ln_2.weight",
+               "ln_2.bias": "ln_2.bias", "attn.c_proj.weight": "attn_proj.weight", "attn.c_proj.bias": "attn_proj.bias",
+               "mlp.c_fc.weight": "c_fc.weight", "mlp.fc_bias": "c_fc.bias", "mlp.c_proj.weight": "mlp_proj.weight",
+               "mlp.c_proj.bias": "mlp_proj.bias"}
+    for i in range(p.n_layer):
+        for ours, theirs in renames.items():
+            out[f"h.{i}.{theirs}"] = state[f"h.{i}.{ours}"]
+        for kind in ("weight", "bias"):
+            t = state[f"h.{i}.attn.c_attn.{kind}"]
+            out[f"h.{i}.c_attn.{kind}"] = t.reshape(nh, 3, -1).transpose(0, 1).reshape(3 * C, *t.shape[1:])
+    return out
 
 
 def build(variant: str, p: Preset, seq: int, compile_backend: str) -> Built:
-    if variant.startswith("portkit"):
-        model = portkit_gpt(p, seq)
-        opt = ops.FusedAdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
-        step_model = torch.compile(model, backend=compile_backend) if variant == "portkit-compiled" else model
+    """Every variant starts from portkit_gpt's weights: the same initial model on both sides."""
+    model = portkit_gpt(p, seq)
+    if not variant.startswith("portkit"):
+        native = NativeGPT(p, seq).to(portkit.device())
+        native.load_state_dict(native_state(model.state_dict(), p))
+        model = native
+    compiled = variant.endswith("compiled")
+    if variant.startswith("portkit") or variant == "native-bf16":
+        model = model.to(torch.bfloat16)
+        opt = ops.FusedAdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), weight_decay=0.1)
+        step_model = torch.compile(model, backend=compile_backend) if compiled else model
         return Built(model, step_model, opt, False, "bf16 params, fp32 masters", "portkit FusedAdamW")
-    if variant == "native-bf16":
-        model = NativeGPT(p, seq).to(device=portkit.device(), dtype=torch.bfloat16)
-        opt = ops.FusedAdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
-        return Built(model, model, opt, False, "bf16 params, fp32 masters", "portkit FusedAdamW")
-    model = NativeGPT(p, seq).to(portkit.device())
     opt, fused = native_adamw(model)
-    step_model = torch.compile(model, backend=compile_backend) if variant == "native-compiled" else model
-    return Built(model, step_model, opt, True, "fp32 params, bf16 autocast",
-                 f"torch.optim.AdamW(fused={fused})")
+    step_model = torch.compile(model, backend=compile_backend) if compiled else model
+    return Built(model, step_model, opt, True, "fp32 params, bf16 autocast", f"torch.optim.AdamW(fused={fused})")
 
 
 def native_adamw(model: nn.Module) -> tuple[torch.optim.Optimizer, bool]:
     """torch.optim.AdamW(fused=True), or the foreach one where the device has no fused kernel
     (the report names which)."""
-    kw = dict(lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    kw = dict(lr=LR, betas=(0.9, 0.95), weight_decay=0.1)
     try:
         return torch.optim.AdamW(model.parameters(), fused=True, **kw), True
     except RuntimeError as e:
@@ -256,7 +293,9 @@ def native_adamw(model: nn.Module) -> tuple[torch.optim.Optimizer, bool]:
         return torch.optim.AdamW(model.parameters(), **kw), False
 
 
-def train_step(b: Built, x: torch.Tensor, y: torch.Tensor) -> float:
+def train_step(b: Built, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+    for group in b.opt.param_groups:
+        group["lr"] = LR * min(1.0, (step + 1) / LR_WARMUP)
     ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if b.autocast else contextlib.nullcontext()
     with ctx:
         loss = b.step_model(x, y)
@@ -266,30 +305,24 @@ def train_step(b: Built, x: torch.Tensor, y: torch.Tensor) -> float:
     return loss
 
 
+# -- the data ---------------------------------------------------------------------------------
+def text_batches(steps: int, batch: int, seq: int) -> torch.Tensor:
+    """(steps, batch, seq + 1) byte tokens of real text, none repeated: the Python standard
+    library's source files in name order (the same on both sides of a run)."""
+    need = steps * batch * (seq + 1)
+    buf = bytearray()
+    for f in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
+        buf += f.read_bytes()
+        if len(buf) >= need:
+            return torch.frombuffer(buf[:need], dtype=torch.uint8).long().view(steps, batch, seq + 1)
+    raise ValueError(f"the standard library's source has {len(buf):,} bytes, fewer than the {need:,} tokens of "
+                     f"{steps} steps of {batch} x {seq + 1}; lower --steps, --batch or --seq")
+
+
 # -- measuring --------------------------------------------------------------------------------
 def flops_per_token(model: nn.Module, p: Preset, seq: int) -> float:
     n = sum(prm.numel() for name, prm in model.named_parameters() if not name.startswith("wpe."))
     return 6 * n + 12 * p.n_layer * p.n_embd * seq
-
-
-def timed_steps(fn: Callable[[], object], steps: int, warmup: int) -> list[float]:
-    """Seconds of each timed call, synchronized before and after."""
-    for _ in range(warmup):
-        fn()
-    portkit.synchronize()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        portkit.synchronize()
-        times.append(time.perf_counter() - t)
-    return times
-
-
-def reset_peak() -> None:
-    if portkit.backend().device_type != "cpu":
-        portkit.synchronize()
-        portkit.backend().reset_peak_memory()
 
 
 def peak_bytes() -> Optional[int]:
@@ -299,67 +332,78 @@ def peak_bytes() -> Optional[int]:
     return portkit.backend().memory_stats()["peak_allocated"]
 
 
-def release() -> None:
-    torch._dynamo.reset()  # compiled graphs hold their model's parameters
-    gc.collect()
-    module = portkit.backend().module
-    if hasattr(module, "empty_cache"):
-        module.empty_cache()
-
-
-@contextlib.contextmanager
-def ops_mode(variant: str):
-    before = registry.mode()
-    if variant in REFERENCE_MODE:
-        registry.set_mode("reference")
-    try:
-        yield registry.mode()
-    finally:
-        registry.set_mode(before)
-
-
-def measure_variant(variant: str, name: str, p: Preset, ta: TrainArgs) -> dict:
+def train_variant(variant: str, name: str, ta: TrainArgs) -> dict:
+    """One variant, measured in this process (a worker of `run`)."""
+    p = PRESETS[name]
     batch, seq = ta.batch or p.batch, ta.seq or p.seq
     row = {"model": name, "variant": variant, "batch": batch, "seq": seq, "layers": p.n_layer, "d_model": p.n_embd,
            "heads": p.n_head, "vocab": p.vocab, "error": None}
-    reset_peak()
+    if variant in REFERENCE_MODE:
+        registry.set_mode("reference")
+    row["ops_mode"] = registry.mode()
     try:
-        with ops_mode(variant) as mode:
-            row.update(ops_mode=mode, **_train(variant, p, batch, seq, ta))
+        row.update(_train(variant, p, batch, seq, ta))
     except torch.OutOfMemoryError as e:
         row["error"] = f"out of memory: {str(e).splitlines()[0]}"
     except Exception as e:  # a compile failure is a result of the compiled variants, recorded, not fatal
         if not variant.endswith("compiled"):
             raise
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    release()
     return row
 
 
 def _train(variant: str, p: Preset, batch: int, seq: int, ta: TrainArgs) -> dict:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, p.vocab, (batch, seq), generator=gen).to(portkit.device())
-    y = torch.randint(0, p.vocab, (batch, seq), generator=gen).to(portkit.device())
+    data = text_batches(ta.warmup + 2 * ta.steps, batch, seq).to(portkit.device())
     b = build(variant, p, seq, ta.compile_backend)
     losses, host = [], []
 
-    def step():  # host: the seconds until the step's work is issued (the device may still run)
+    def step(i: int) -> None:  # host: the seconds until the step's work is issued
         t = time.perf_counter()
-        losses.append(train_step(b, x, y).detach())
+        losses.append(train_step(b, data[i, :, :-1], data[i, :, 1:], i).detach())
         host.append(time.perf_counter() - t)
-    times = timed_steps(step, ta.steps, ta.warmup)
-    step_s = statistics.median(times)
-    tps = batch * seq / step_s
-    fpt = flops_per_token(b.model, p, seq)
-    peak = portkit.peak_bf16_tflops()
-    out = {"params": sum(q.numel() for q in b.model.parameters()), "precision": b.precision,
-           "optimizer": b.optimizer, "compiled": variant.endswith("compiled"),
-           "step_ms": round(step_s * 1e3, 3), "step_ms_min": round(min(times) * 1e3, 3),
-           "host_ms": round(statistics.median(host[ta.warmup:]) * 1e3, 3),
-           "tokens_per_s": round(tps, 1), "tflops": round(fpt * tps / 1e12, 2),
-           "mfu": round(fpt * tps / (peak * 1e12), 4) if peak else None,
-           "peak_bytes": peak_bytes(), "final_loss": round(float(losses[-1]), 4)}
-    del b, losses
+    for i in range(ta.warmup):
+        step(i)
+    portkit.synchronize()
+    t = time.perf_counter()
+    for i in range(ta.warmup, ta.warmup + ta.steps):  # as a training loop runs: one sync at the end
+        step(i)
+    portkit.synchronize()
+    loop_s = (time.perf_counter() - t) / ta.steps
+    synced = []
+    for i in range(ta.warmup + ta.steps, ta.warmup + 2 * ta.steps):
+        t = time.perf_counter()
+        step(i)
+        portkit.synchronize()
+        synced.append(time.perf_counter() - t)
+    row = _row(b, p, batch, seq, loop_s, synced, host[-ta.steps:], torch.stack(losses).float().tolist())
+    return {**row, "compiled": variant.endswith("compiled")}
+
+
+def _row(b: Built, p: Preset, batch: int, seq: int, loop_s: float, synced: list[float], host: list[float],
+         losses: list[float]) -> dict:
+    tps, fpt, peak = batch * seq / loop_s, flops_per_token(b.model, p, seq), portkit.peak_bf16_tflops()
+    return {"params": sum(q.numel() for q in b.model.parameters()), "precision": b.precision,
+            "optimizer": b.optimizer,
+            "step_ms": round(loop_s * 1e3, 3), "synced_step_ms": round(statistics.median(synced) * 1e3, 3),
+            "host_ms": round(statistics.median(host) * 1e3, 3), "tokens_per_s": round(tps, 1),
+            "tflops": round(fpt * tps / 1e12, 2), "mfu": round(fpt * tps / (peak * 1e12), 4) if peak else None,
+            "peak_bytes": peak_bytes(), "losses": [round(x, 4) for x in losses],
+            "final_loss": round(statistics.fmean(losses[-TAIL:]), 4)}
+
+
+def convergence(results: list[dict]) -> list[dict]:
+    """Each variant's mean loss over the last TAIL steps against the native reference's."""
+    out = []
+    for name in dict.fromkeys(r["model"] for r in results):
+        by = {r["variant"]: r for r in results if r["model"] == name and not r["error"]}
+        ref = next((v for v in NATIVE_REFERENCES if v in by), None)
+        for variant, r in by.items():
+            if ref is None or variant == ref:
+                continue
+            rel = (r["final_loss"] - by[ref]["final_loss"]) / by[ref]["final_loss"]
+            out.append({"model": name, "variant": variant, "reference": ref, "loss": r["final_loss"],
+                        "reference_loss": by[ref]["final_loss"], "relative": round(rel, 4),
+                        "tolerance": LOSS_TOLERANCE, "passed": abs(rel) <= LOSS_TOLERANCE})
     return out
 
 
@@ -384,20 +428,33 @@ def measure_ppo(shape: PPOShape, ta: TrainArgs) -> dict:
            "update_measures": "actor: sequence_logprobs + ppo.policy_loss + backward + FusedAdamW step; "
                               "critic (same size, scalar head): forward + ppo.value_loss + backward + step; "
                               "one minibatch = the whole rollout batch"}
-    reset_peak()
     try:
         out.update(_ppo(p, shape, ta))
     except torch.OutOfMemoryError as e:
         out["error"] = f"out of memory: {str(e).splitlines()[0]}"
-    release()
     return out
+
+
+def timed_calls(fn: Callable[[], object], calls: int, warmup: int) -> list[float]:
+    """Seconds of each call, synchronized before and after."""
+    for _ in range(warmup):
+        fn()
+    portkit.synchronize()
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn()
+        portkit.synchronize()
+        times.append(time.perf_counter() - t)
+    return times
 
 
 def _ppo(p: Preset, shape: PPOShape, ta: TrainArgs) -> dict:
     from portkit.models import ppo
     from portkit.models.gpt import sequence_logprobs
     block = max(p.seq, shape.prompt + shape.new_tokens)
-    actor, critic = portkit_gpt(p, block), portkit_gpt(p, block, head="scalar")
+    actor = portkit_gpt(p, block).to(torch.bfloat16)
+    critic = portkit_gpt(p, block, head="scalar").to(torch.bfloat16)
     dev, B = portkit.device(), shape.batch
     gen = torch.Generator(device=dev).manual_seed(0)
     idx = torch.randint(0, p.vocab, (B, shape.prompt), device=dev, generator=gen)
@@ -407,7 +464,7 @@ def _ppo(p: Preset, shape: PPOShape, ta: TrainArgs) -> dict:
         return actor.generate(idx, valid, shape.new_tokens, eos_id=-1, pad_id=0, temperature=1.0,
                               generator=gen, early_stop=False)
     actor.eval()
-    gen_times = timed_steps(generate, max(1, ta.steps // 4), 1)
+    gen_times = timed_calls(generate, max(1, ta.steps // 4), 1)
     seq, svalid = generate()
     roll = _synthetic_rollout(seq, svalid, shape.prompt, gen)
     a_opt, c_opt = (ops.FusedAdamW(m.parameters(), lr=1e-6, weight_decay=0.0) for m in (actor, critic))
@@ -420,7 +477,7 @@ def _ppo(p: Preset, shape: PPOShape, ta: TrainArgs) -> dict:
         v = critic(roll["seq"][:, :-1], valid=roll["valid"][:, :-1])[:, roll["P"] - 1:]
         vl = ppo.value_loss(v, roll["values"], roll["returns"], roll["mask"], 0.2)
         vl.backward(), c_opt.step(), c_opt.zero_grad(set_to_none=True)
-    up_times = timed_steps(update, ta.steps, ta.warmup)
+    up_times = timed_calls(update, ta.steps, ta.warmup)
     gen_s = statistics.median(gen_times)
     return {"params": actor.num_params(), "generate_ms": round(gen_s * 1e3, 2),
             "generated_tokens_per_s": round(B * shape.new_tokens / gen_s, 1),
@@ -436,42 +493,81 @@ def _synthetic_rollout(seq, valid, P: int, gen) -> dict:
     return dict(seq=seq, valid=valid, mask=mask, P=P, logp=rand() - 5.0, values=rand(), adv=rand(), returns=rand())
 
 
-# -- the run ----------------------------------------------------------------------------------
+# -- the run: one process per variant ---------------------------------------------------------
 def run(ta: TrainArgs, command: str, progress: Callable[[str], None] = lambda s: None) -> dict:
     results = []
     for name in ta.models:
         for variant in ta.variants:
             progress(f"{name} {variant}")
-            results.append(measure_variant(variant, name, PRESETS[name], ta))
+            results.append(in_worker({"job": "train", "variant": variant, "model": name}, ta))
     ppo_result = None
     if ta.ppo is not None:
         progress(f"ppo ({ta.ppo.model} actor)")
-        ppo_result = measure_ppo(ta.ppo, ta)
+        ppo_result = in_worker({"job": "ppo"}, ta)
     backend = portkit.backend()
     return {"schema": SCHEMA, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "command": command, "backend": backend.name, "device": backend.device_name(),
             "torch": torch.__version__, "ops_mode": registry.mode(), "peak_bf16_tflops": portkit.peak_bf16_tflops(),
-            "flops_formula": FLOPS_FORMULA, "timing": "median wall time of synchronized steps after warmup",
+            "flops_formula": FLOPS_FORMULA, "timing": TIMING, "data": DATA,
             "config": {**asdict(ta), "presets": {n: asdict(PRESETS[n]) for n in ta.models}},
-            "results": results, "overhead": overheads(results), "ppo": ppo_result}
+            "results": results, "convergence": convergence(results), "overhead": overheads(results),
+            "ppo": ppo_result}
+
+
+TIMING = ("each variant in a fresh process; step_ms: mean over `steps` steps with one synchronisation at the end "
+          "(tokens/s, MFU from it); synced_step_ms: median of `steps` steps each synchronised")
+DATA = (f"bytes of the Python standard library's source, not repeated; the same weights (seed 0) on every side; "
+        f"lr {LR} warmed up over {LR_WARMUP} steps")
+WORKER_TAG = "portkit-bench-result: "
+
+
+def in_worker(job: dict, ta: TrainArgs) -> dict:
+    """Run one job in a fresh Python process and return its result."""
+    job = {**job, "args": asdict(ta), "backend": portkit.backend().name}
+    cmd = [sys.executable, "-m", "portkit.models.bench", "--worker", json.dumps(job)]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    lines = [line for line in done.stdout.splitlines() if line.startswith(WORKER_TAG)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"bench worker for {job['job']} {job.get('model', '')} {job.get('variant', '')} "
+                           f"failed with exit code {done.returncode} (its stderr is above)")
+    return json.loads(lines[-1][len(WORKER_TAG):])
+
+
+def worker(text: str) -> int:
+    job = json.loads(text)
+    args = job["args"]
+    ppo = PPOShape(**args.pop("ppo")) if args.get("ppo") else None
+    ta = TrainArgs(**{**args, "models": tuple(args["models"]), "variants": tuple(args["variants"]), "ppo": ppo})
+    portkit.select_backend(job["backend"])
+    result = measure_ppo(ta.ppo, ta) if job["job"] == "ppo" else train_variant(job["variant"], job["model"], ta)
+    print(WORKER_TAG + json.dumps(result), flush=True)
+    return 0
 
 
 # -- presenting -------------------------------------------------------------------------------
-HEADER = ["model", "variant", "batch x seq", "step ms", "host ms", "tokens/s", "TFLOP/s", "MFU", "peak mem", "note"]
+HEADER = ["model", "variant", "batch x seq", "step ms", "synced ms", "host ms", "tokens/s", "TFLOP/s", "MFU",
+          "peak mem", "loss", "note"]
 
 
 def table_rows(report: dict) -> list[list[str]]:
     rows = []
     for r in report["results"]:
         if r["error"]:
-            rows.append([r["model"], r["variant"], f"{r['batch']}x{r['seq']}", "-", "-", "-", "-", "-", "-", r["error"]])
+            rows.append([r["model"], r["variant"], f"{r['batch']}x{r['seq']}", *["-"] * 8, r["error"]])
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         mem = f"{r['peak_bytes'] / 2**30:.2f} GiB" if r["peak_bytes"] is not None else "n/a"
-        host = f"{r['host_ms']:.1f}" if "host_ms" in r else "-"  # reports from before host_ms
-        rows.append([r["model"], r["variant"], f"{r['batch']}x{r['seq']}", f"{r['step_ms']:.1f}", host,
-                     f"{r['tokens_per_s']:,.0f}", f"{r['tflops']:.1f}", mfu, mem, r["precision"]])
+        synced, host = (f"{r[k]:.1f}" if k in r else "-" for k in ("synced_step_ms", "host_ms"))  # older reports
+        rows.append([r["model"], r["variant"], f"{r['batch']}x{r['seq']}", f"{r['step_ms']:.1f}", synced, host,
+                     f"{r['tokens_per_s']:,.0f}", f"{r['tflops']:.1f}", mfu, mem, f"{r['final_loss']:.3f}",
+                     r["precision"]])
     return rows
+
+
+def convergence_lines(report: dict) -> list[str]:
+    return [f"{c['model']} {c['variant']}: loss {c['loss']:.4f} vs {c['reference']} {c['reference_loss']:.4f} "
+            f"({100 * c['relative']:+.2f}%, tolerance {100 * c['tolerance']:.0f}%): "
+            f"{'matches' if c['passed'] else 'DOES NOT MATCH'}" for c in report.get("convergence", [])]
 
 
 def print_table(report: dict) -> None:
@@ -486,6 +582,8 @@ def print_table(report: dict) -> None:
     console = Console()
     console.width = max(console.width, 160)
     console.print(table)
+    for line in convergence_lines(report):
+        console.print(line)
     for o in report["overhead"]:
         console.print(f"{o['model']}: portkit-reference {o['portkit_reference_ms']:.1f} ms vs {o['peer']} "
                       f"{o['peer_ms']:.1f} ms: dispatch + patch overhead {o['overhead_pct']:+.2f}%")
@@ -502,6 +600,8 @@ def _ppo_line(r: dict) -> str:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        sys.exit(worker(sys.argv[2]))
     _parser = argparse.ArgumentParser(prog="portkit bench train")
     configure(_parser)
     sys.exit(main(_parser.parse_args()))

@@ -1,4 +1,5 @@
-"""`portkit bench train --quick` through the CLI on the CPU: the JSON it writes and its numbers."""
+"""`portkit bench train --quick` through the CLI on the CPU: the JSON it writes and its numbers;
+and that its portkit and native sides start from the same model and learn the same."""
 import json
 import math
 import os
@@ -6,10 +7,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from portkit.models import bench
 
-ALL = ",".join(bench.VARIANTS)
+SOME = "portkit,native-eager"  # each variant is a process of its own: the quick run keeps to two
 
 
 def _run(args, tmp_path):
@@ -22,7 +24,7 @@ def _run(args, tmp_path):
 def report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench_train")
     out = tmp / "train.json"
-    done = _run(["--quick", "--ppo", "--variants", ALL, "--compile-backend", "aot_eager", "--backend", "cpu",
+    done = _run(["--quick", "--ppo", "--variants", SOME, "--backend", "cpu",
                  "--json-out", str(out)], tmp)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text()), done.stdout
@@ -31,33 +33,57 @@ def report(tmp_path_factory):
 def test_quick_run_writes_the_schema(report):
     r, _ = report
     assert r["schema"] == bench.SCHEMA
-    for key in ("date", "command", "backend", "device", "torch", "flops_formula", "config", "results", "overhead"):
+    for key in ("date", "command", "backend", "device", "torch", "flops_formula", "timing", "data", "config",
+                "results", "convergence"):
         assert r[key], key
     assert r["backend"] == "cpu" and r["peak_bf16_tflops"] is None
     assert "--quick" in r["command"] and "--ppo" in r["command"]
 
 
-def test_every_variant_has_a_finite_throughput(report):
+def test_every_variant_has_a_finite_throughput_and_a_verdict(report):
     r, stdout = report
-    assert [x["variant"] for x in r["results"]] == list(bench.VARIANTS)
+    assert [x["variant"] for x in r["results"]] == SOME.split(",")
     for x in r["results"]:
         assert x["error"] is None, x
         assert math.isfinite(x["tokens_per_s"]) and x["tokens_per_s"] > 0, x
-        assert math.isfinite(x["final_loss"]), x
+        assert x["synced_step_ms"] > 0 and len(x["losses"]) == 1 + 2 * 2  # warmup + loop + synced steps
         assert x["mfu"] is None and x["peak_bytes"] is None  # the CPU has neither
         assert x["variant"] in stdout
     by = {x["variant"]: x for x in r["results"]}
-    assert by["portkit-reference"]["ops_mode"] == "reference" and by["portkit"]["ops_mode"] != "reference"
     assert by["portkit"]["params"] == by["native-eager"]["params"]  # the same model in both codes
+    (c,) = r["convergence"]
+    assert (c["variant"], c["reference"], c["passed"]) == ("portkit", "native-eager", True), c
+    assert "matches" in stdout
 
 
-def test_overhead_and_ppo_are_reported(report):
-    r, _ = report
-    (o,) = r["overhead"]
-    assert o["peer"] == "native-bf16" and math.isfinite(o["overhead_pct"])
-    ppo = r["ppo"]
+def test_ppo_is_reported(report):
+    ppo = report[0]["ppo"]
     assert ppo["error"] is None
     assert ppo["generated_tokens_per_s"] > 0 and ppo["update_ms"] > 0
+
+
+def test_native_model_loads_the_portkit_weights_and_computes_the_same_loss():
+    p, seq = bench.PRESETS["tiny"], 16
+    ours = bench.portkit_gpt(p, seq)
+    native = bench.NativeGPT(p, seq)
+    native.load_state_dict(bench.native_state(ours.state_dict(), p))
+    x = bench.text_batches(1, p.batch, seq)[0]
+    assert torch.allclose(ours(x[:, :-1], x[:, 1:]), native(x[:, :-1], x[:, 1:]), rtol=1e-5)
+
+
+def test_portkit_and_native_learn_the_same_from_the_same_start():
+    """Per-step losses of the two sides over 8 steps of text: bf16 parameters with fp32
+    masters against fp32 under autocast stay within 0.2%. Native weights of their own
+    (GPT-2's residual scaling missing, another seed) miss by 0.7% at the first step."""
+    p, seq = bench.PRESETS["tiny"], 32
+    data = bench.text_batches(8, p.batch, seq)
+    losses = {}
+    for variant in ("portkit", "native-eager"):
+        b = bench.build(variant, p, seq, "inductor")
+        losses[variant] = [float(bench.train_step(b, d[:, :-1], d[:, 1:], i)) for i, d in enumerate(data)]
+    for ours, theirs in zip(losses["portkit"], losses["native-eager"]):
+        assert abs(ours - theirs) <= 2e-3 * theirs, losses
+    assert losses["portkit"][-1] < losses["portkit"][0] - 0.05  # it learns
 
 
 def test_flops_per_token_counts_weights_and_attention():
