@@ -3,10 +3,13 @@ without ever materialising the (N, V) logits.
 
 Rows are processed in chunks: logits of a chunk by one matmul, then a cross-entropy step
 that returns the per-row loss and overwrites the chunk's logits with their gradient, then
-grad_hidden = dlogits @ W and grad_W += dlogits.T @ h. For reduction "mean"/"sum" the
-gradients are computed in the forward pass (the loss is the last op, its gradient is a
-scalar), so the backward only scales; for "none" the backward recomputes the chunks with
-the per-row upstream gradient.
+grad_hidden = dlogits @ W and grad_W += dlogits.T @ h, accumulated chunk by chunk in the
+weight's dtype (as Liger-Kernel does: a bf16 weight gets no fp32 V x d buffer). A chunk's
+logits hold about as many elements as hidden, so the peak beyond the inputs is
+grad_W + grad_hidden + one hidden-sized chunk. For reduction "mean"/"sum" the gradients
+are computed in the forward pass (the loss is the last op, its gradient is a scalar), so
+the backward only scales them, in place; for "none" the backward recomputes the chunks
+with the per-row upstream gradient.
 
 Registry ops: "linear_cross_entropy_fwd" (hidden, weight, target, bias, ignore_index,
 grad_scale) -> (loss_rows fp32 (N,), grad_hidden, grad_weight, grad_bias), where
@@ -24,7 +27,7 @@ from portkit.ops import registry
 from portkit.ops._op import call, custom_op, pick, with_autograd
 
 REDUCTIONS = ("mean", "sum", "none")
-CHUNK_BUDGET = 4  # a chunk's logits hold about this many times the elements of hidden (N x d)
+CHUNK_BUDGET = 1  # a chunk's logits hold about this many times the elements of hidden (N x d)
 
 
 @registry.reference("cross_entropy_chunk")
@@ -49,20 +52,10 @@ def cross_entropy_chunk(logits: Tensor, target: Tensor, ignore_index: int,
 def chunk_rows(n: int, d: int, v: int) -> int:
     """Rows per chunk: the chunk's logits (rows x V) hold about CHUNK_BUDGET x N x d elements,
     small beside the full logits, large enough that the weight-gradient accumulation
-    (one read and write of the fp32 V x d buffer per chunk) stays cheap."""
+    (one read and write of the V x d gradient per chunk) stays cheap."""
     per = max(1, -(-v // (CHUNK_BUDGET * d)))  # chunks needed so that rows*V <= BUDGET*N*d
     rows = 1 << max(0, (-(-n // per) - 1).bit_length())  # next power of two
     return max(1, min(rows, n))
-
-
-def _accumulate_mm(acc: Tensor, a: Tensor, b: Tensor) -> None:
-    """acc += a @ b with acc fp32 (a, b maybe bf16/fp16)."""
-    if a.dtype == acc.dtype:
-        acc.addmm_(a, b)
-    elif acc.device.type != "cpu":
-        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-    else:
-        acc += (a @ b).float()
 
 
 def chunked_linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor],
@@ -74,7 +67,7 @@ def chunked_linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor,
     want = grad_scale is not None
     loss = hidden.new_empty(n, dtype=torch.float32)
     gh = torch.empty_like(hidden) if want else hidden.new_empty(0)
-    gw = torch.zeros(v, d, dtype=torch.float32, device=hidden.device) if want else hidden.new_empty(0)
+    gw = torch.zeros_like(weight) if want else hidden.new_empty(0)
     gb = torch.zeros(v, dtype=torch.float32, device=hidden.device) if want and bias is not None else None
     step = chunk_rows(n, d, v)
     for s in range(0, n, step):
@@ -84,10 +77,9 @@ def chunked_linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor,
         loss[s:s + step] = ce_chunk(logits, target[s:s + step], ignore_index, scale)
         if want:
             torch.mm(logits, weight, out=gh[s:s + step])
-            _accumulate_mm(gw, logits.t(), h)
+            gw.addmm_(logits.t(), h)
             if gb is not None:
                 gb += logits.sum(0, dtype=torch.float32)
-    gw = gw.to(weight.dtype) if want else gw
     gb = gb.to(bias.dtype) if gb is not None else hidden.new_empty(0)
     return loss, gh, gw, gb
 
@@ -121,8 +113,8 @@ def _reduce(loss_rows: Tensor, target: Tensor, ignore_index: int, reduction: str
     return total / (target != ignore_index).sum()  # nan when every row is ignored, as torch
 
 
-# Opaque under torch.compile: its matmuls dwarf a call's dispatch, and torch 2.11 cannot trace
-# addmm with out_dtype (the fp32 weight-gradient accumulation).
+# Opaque under torch.compile: its matmuls dwarf a call's dispatch, and its in-place chunk
+# loop gains nothing from tracing.
 @custom_op("portkit::linear_cross_entropy", traced=False)
 def _lce(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor], ignore_index: int,
          reduction: str, with_grads: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -169,9 +161,14 @@ def _backward(ctx, grad_loss, _gh, _gw, _gb):
     if ctx.deferred:
         hidden, weight, target, bias = ctx.saved_tensors
         gh, gw, gb = call(ctx, _lce_backward)(grad_loss, hidden, weight, target, bias, ctx.ignore_index)
-    else:
-        gh, gw, gb = ctx.saved_tensors
-        gh, gw, gb = gh * grad_loss.to(gh.dtype), gw * grad_loss.to(gw.dtype), gb * grad_loss.to(gb.dtype)
+    elif getattr(ctx, "eager", False):  # in place: a second grad_W would double the op's peak memory
+        if getattr(ctx, "scaled", False):
+            raise RuntimeError("linear_cross_entropy: backward ran twice through one graph (retain_graph); its "
+                               "gradients are scaled in place, so call the loss again for a second backward")
+        ctx.scaled = True
+        gh, gw, gb = (g.mul_(grad_loss.to(g.dtype)) for g in ctx.saved_tensors)
+    else:  # traced: inductor reuses the dead buffer for the product itself
+        gh, gw, gb = (g * grad_loss.to(g.dtype) for g in ctx.saved_tensors)
     return gh, gw, None, (gb if ctx.has_bias else None), None, None, None
 
 

@@ -47,7 +47,7 @@ def test_linear_cross_entropy_matches_torch(reduction, bias, close, seeded):
 
 
 def test_the_chunks_are_smaller_than_the_logits():
-    assert C.chunk_rows(37, 4, 50) == 16
+    assert C.chunk_rows(37, 4, 50) == 4  # a chunk's logits about as large as hidden, as Liger-Kernel's
     rows = C.chunk_rows(16384, 2048, 50304)
     assert rows * 50304 <= 2 * C.CHUNK_BUDGET * 16384 * 2048 and rows <= 16384 // 4  # >= 4 chunks
     assert C.chunk_rows(4, 4096, 10) == 4
@@ -61,7 +61,18 @@ def test_the_chunk_loop_never_materialises_all_logits(seeded):
         return C.cross_entropy_chunk(logits, *args)
     h, w, t, _ = _data(37, 4, 50)
     C.chunked_linear_cross_entropy(h, w, t, None, -100, torch.tensor(1.0), spy)
-    assert seen == [(16, 50), (16, 50), (5, 50)]
+    assert seen == [(4, 50)] * 9 + [(1, 50)]
+
+
+def test_weight_gradient_accumulates_in_the_weight_dtype_and_is_scaled_in_place(seeded):
+    h, w, t, _ = _data(37, 4, 50, torch.bfloat16)
+    _, gh, gw, _ = C.linear_cross_entropy_fwd(h, w, t, None, -100, torch.tensor(0.5))
+    assert gw.dtype == torch.bfloat16 and gh.dtype == torch.bfloat16  # no fp32 V x d buffer
+    h.requires_grad_(), w.requires_grad_()
+    loss = ops.linear_cross_entropy(h, w, t)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
 
 
 def test_without_grad_no_gradients_are_computed(seeded):
