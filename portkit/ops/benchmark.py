@@ -8,6 +8,8 @@ device events (wall clock on the CPU): what an eager caller sees, launch and Pyt
 included. On CUDA/ROCm each side also reports `kernel_ms`, the device time of the kernels
 one call runs (torch.profiler), so a host-bound op shows as ms far above kernel_ms.
 `--impls triton,aten` times the op under each named implementation (registry modes).
+Where Liger-Kernel is installed (and the device runs Triton), its rms_norm, layer_norm,
+swiglu and fused linear + cross-entropy are timed as a second peer of the same op.
 """
 from __future__ import annotations
 
@@ -226,6 +228,28 @@ def _softmax(cfg: BenchConfig) -> Pair:
                 "torch masked_fill+softmax (fp32)", 2 * nb, 5 * nb)
 
 
+def liger_peer(op: str, cfg: BenchConfig) -> Optional[tuple[str, Callable, list, list[int]]]:
+    """(name, fn, inputs, grad_of) of Liger-Kernel's op of the same work, or None where Liger
+    is not installed, the device runs no Triton, or Liger has no such op."""
+    try:
+        import liger_kernel.transformers.functional as lk
+    except ImportError:
+        return None
+    if not portkit.backend().has_triton():
+        return None
+    h = cfg.hidden
+    if op == "rms_norm":
+        return "Liger rms_norm", lambda a, b: lk.liger_rms_norm(a, b, 1e-6), [_rows(cfg, h), _vector(cfg)], [0, 1]
+    if op == "layer_norm":
+        return ("Liger layer_norm", lambda a, w, b: lk.liger_layer_norm(a, w, b, 1e-5),
+                [_rows(cfg, h), _vector(cfg), _vector(cfg)], [0, 1, 2])
+    if op == "swiglu":  # Liger takes gate and up as two tensors (the outputs of two projections)
+        return "Liger swiglu(gate, up)", lk.liger_swiglu, [_rows(cfg, h), _rows(cfg, h)], [0, 1]
+    if op == "linear_cross_entropy":
+        return "Liger fused_linear_cross_entropy", lk.liger_fused_linear_cross_entropy, [], []
+    return None
+
+
 PAIRS = {"rms_norm": _rms_norm, "layer_norm": _layer_norm, "bias_gelu": _bias_gelu, "swiglu": _swiglu,
          "rotary": _rotary, "softmax": _softmax}
 
@@ -280,17 +304,21 @@ def _impl_name(op: str, impl: str) -> Optional[str]:
 
 def bench_pair(p: Pair, cfg: BenchConfig, copy_gbps: float) -> list[dict]:
     rows = []
-    peers = [(p.native_name, p.native)]
+    peers = [(p.native_name, p.native, p.inputs, p.grad_of)]
     if cfg.compile:
-        peers.append((f"torch.compile({p.native_name})", torch.compile(p.native)))
+        peers.append((f"torch.compile({p.native_name})", torch.compile(p.native), p.inputs, p.grad_of))
+    liger = liger_peer(p.op, cfg)
+    if liger:
+        peers.append(liger)
     impls = {}  # implementation name -> the mode that selects it (each timed once)
     for mode in cfg.impls:
         name = _impl_name(p.registry_op, mode)
         if name:
             impls.setdefault(name, mode)
     for mode, nbytes, make in (("fwd", p.bytes_fwd, _fwd), ("fwd+bwd", p.bytes_fwd_bwd, _fwd_bwd)):
+        natives = [_side(name, make(peer, inputs, *([grad_of] if mode == "fwd+bwd" else [])), nbytes, cfg, copy_gbps)
+                   for name, peer, inputs, grad_of in peers]
         extra = [p.grad_of] if mode == "fwd+bwd" else []
-        natives = [_side(name, make(peer, p.inputs, *extra), nbytes, cfg, copy_gbps) for name, peer in peers]
         for impl_name, impl in impls.items():
             with _impl_mode(impl):
                 ours = _side(f"portkit ({impl_name})", make(p.ours, p.inputs, *extra), nbytes, cfg, copy_gbps)
@@ -317,18 +345,29 @@ def bench_linear_cross_entropy(cfg: BenchConfig, copy_gbps: float) -> list[dict]
 
     def native():
         return torch.autograd.grad(F.cross_entropy((h @ w.t()).float(), t), (h, w))
+    peers = [("logits.float() + F.cross_entropy", native)]
+    liger = liger_peer("linear_cross_entropy", cfg)
+    if liger:
+        peers.append((liger[0], lambda: torch.autograd.grad(liger[1](h, w, t), (h, w))))
     impl = registry.choose("linear_cross_entropy_fwd")
-    flops = 6 * n * d * v
-    sides = []
-    for name, fn in ((f"portkit ({impl.name if impl else 'reference'})", ours),
-                     ("logits.float() + F.cross_entropy", native)):
-        ms = time_ms(fn, cfg)
-        sides.append({"name": name, "ms": round(ms, 4), "tflops": round(flops / ms / 1e9, 1),
-                      "peak_bytes": peak_bytes(fn)})
-    ours_side, native_side = sides
-    less = (native_side["peak_bytes"] / max(1, ours_side["peak_bytes"])) if ours_side["peak_bytes"] else None
-    return [_row("linear_cross_entropy", "fwd+bwd", f"{n}x{d} @ {v}x{d}", None, ours_side, native_side,
-                 memory_ratio=round(less, 2) if less else None)]
+    ours_side = _lce_side(f"portkit ({impl.name if impl else 'reference'})", ours, cfg)
+    rows = []
+    for name, fn in peers:
+        side = _lce_side(name, fn, cfg)
+        less = (side["peak_bytes"] / max(1, ours_side["peak_bytes"])) if ours_side["peak_bytes"] else None
+        rows.append(_row("linear_cross_entropy", "fwd+bwd", f"{n}x{d} @ {v}x{d}", None, ours_side, side,
+                         memory_ratio=round(less, 2) if less else None))
+    return rows
+
+
+def _lce_side(name: str, fn: Callable[[], Any], cfg: BenchConfig) -> dict:
+    n, d, v = cfg.rows, cfg.hidden, cfg.vocab
+    ms = time_ms(fn, cfg)
+    side = {"name": name, "ms": round(ms, 4), "tflops": round(6 * n * d * v / ms / 1e9, 1), "peak_bytes": peak_bytes(fn)}
+    k = kernel_ms(fn, cfg)
+    if k:
+        side["kernel_ms"] = round(k, 4)
+    return side
 
 
 # -- AdamW ----------------------------------------------------------------------------------
