@@ -81,12 +81,24 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = ops.rotary(q, *rope), ops.rotary(k, *rope)
         if cache is not None:
-            if cache.get("k") is not None:
-                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)  # (B, nh, Tk, hs)
-            cache["k"], cache["v"] = k, v
+            k, v = cache.update(k, v)  # (B, nh, Tk, hs): the keys and values so far
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, nh * self.head_dim))
+
+
+class KVCache:
+    """One layer's keys and values, grown by concatenation (the plain cache; generation uses
+    models.generate.StaticKVCache)."""
+
+    def __init__(self):
+        self.k = self.v = None
+
+    def update(self, k, v):
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], 2), torch.cat([self.v, v], 2)
+        self.k, self.v = k, v
+        return k, v
 
 
 class MLP(nn.Module):
@@ -151,7 +163,7 @@ class GPT(nn.Module):
 
     def trunk(self, idx, valid=None, cache=None, start=0):
         """Hidden states (B, T, C). valid (B, Tk) marks real tokens (left padding is False),
-        Tk = start + T; cache is a list of per-layer dicts filled during generation."""
+        Tk = start + T; cache is a list of per-layer caches (KVCache, generate.StaticKVCache)."""
         B, T = idx.shape
         if start + T > self.cfg.block_size:
             raise ValueError(f"cannot run a sequence of length {start + T}, block size is only {self.cfg.block_size}")
@@ -186,23 +198,15 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, valid, max_new_tokens, eos_id, pad_id, temperature=1.0, top_k=0, generator=None,
-                 early_stop=True):
-        """Sample continuations with a KV cache. idx (B, T) left-padded prompts, valid (B, T).
-        Returns tokens (B, T + n) and valid (B, T + n); after eos a row gets pad, valid False.
-        early_stop=False runs all max_new_tokens steps (ranks that must stay in lockstep)."""
-        B, T = idx.shape
-        cache = [{} for _ in self.h]
-        logits = self(idx, valid=valid, cache=cache)  # through __call__, so framework hooks run
-        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        for t in range(max_new_tokens):
-            nxt = _sample(logits, temperature, top_k, generator)  # (B,)
-            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-            idx, valid = torch.cat([idx, nxt[:, None]], 1), torch.cat([valid, ~done[:, None]], 1)
-            done = done | (nxt == eos_id)
-            if (early_stop and bool(done.all())) or t == max_new_tokens - 1:
-                break
-            logits = self(nxt[:, None], valid=valid, cache=cache, start=T + t)
-        return idx, valid
+                 early_stop=True, graphs=None):
+        """Sample continuations with a static KV cache (models.generate), the decode step
+        replayed as a device graph where the backend has graphs (graphs=None), else or with
+        graphs=False a plain loop drawing the same tokens. idx (B, T) left-padded prompts,
+        valid (B, T). Returns tokens (B, T + n) and valid (B, T + n); after eos a row gets pad,
+        valid False. early_stop=False runs all max_new_tokens steps (ranks in lockstep)."""
+        from portkit.models.generate import generate
+        return generate(self, idx, valid, max_new_tokens, eos_id, pad_id,
+                        lambda logits: _sample(logits, temperature, top_k, generator), early_stop, graphs)
 
 
 def _attn_mask(valid, B, T, start, device):

@@ -89,3 +89,43 @@ def test_generation_stops_rows_at_eos_and_logprobs_align():
         assert rv[:n].all() and not rv[n:].any() and (row[n:] == tok.pad_id).all()
     lp = sequence_logprobs(m, seq, v, idx.shape[1])
     assert lp.shape == resp_valid.shape and (lp <= 0).all()
+
+
+def _concat_cache_sampling(m, idx, valid, n, eos_id, pad_id, g):
+    """The plain loop generation had before the static cache: a growing cache, one forward a token."""
+    from portkit.models.gpt import KVCache, _sample
+    B, T = idx.shape
+    cache = [KVCache() for _ in m.h]
+    logits, done = m(idx, valid=valid, cache=cache), torch.zeros(B, dtype=torch.bool)
+    for t in range(n):
+        nxt = torch.where(done, torch.full((B,), pad_id), _sample(logits, 1.0, 5, g))
+        idx, valid = torch.cat([idx, nxt[:, None]], 1), torch.cat([valid, ~done[:, None]], 1)
+        done = done | (nxt == eos_id)
+        if bool(done.all()) or t == n - 1:
+            break
+        logits = m(nxt[:, None], valid=valid, cache=cache, start=T + t)
+    return idx, valid
+
+
+@pytest.mark.parametrize("kw", VARIANTS)
+def test_static_cache_draws_the_tokens_of_the_growing_cache_for_a_seed(kw):
+    m = tiny(**kw)
+    tok, idx, valid = _left_padded_prompts()
+    for seed in range(3):
+        ours = m.generate(idx, valid, 12, eos_id=tok.eos_id, pad_id=tok.pad_id, top_k=5,
+                          generator=torch.Generator().manual_seed(seed))
+        theirs = _concat_cache_sampling(m, idx, valid, 12, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(seed))
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+
+
+@pytest.mark.gpu
+def test_graph_replay_draws_the_tokens_of_the_plain_loop_gpu():
+    from portkit.models.bench import PRESETS, portkit_gpt
+    m = portkit_gpt(PRESETS["tiny"], 64).to(torch.bfloat16).eval()
+    dev = m.wte.weight.device
+    idx = torch.randint(0, 512, (4, 16), device=dev, generator=torch.Generator(device=dev).manual_seed(0))
+    valid = torch.ones_like(idx, dtype=torch.bool)
+    valid[0, :5] = False  # one left-padded row
+    runs = [m.generate(idx, valid, 40, eos_id=-1, pad_id=0, generator=torch.Generator(device=dev).manual_seed(1),
+                       graphs=g) for g in (True, False)]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
