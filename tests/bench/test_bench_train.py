@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from portkit.models import bench
+from portkit.bench import train as bench
 
 SOME = "portkit,native-eager"  # each variant is a process of its own: the quick run keeps to two
 
