@@ -524,7 +524,7 @@ WORKER_TAG = "portkit-bench-result: "
 def in_worker(job: dict, ta: TrainArgs) -> dict:
     """Run one job in a fresh Python process and return its result."""
     job = {**job, "args": asdict(ta), "backend": portkit.backend().name}
-    cmd = [sys.executable, "-m", "portkit.models.bench", "--worker", json.dumps(job)]
+    cmd = [sys.executable, "-m", "portkit.bench.train", "--worker", json.dumps(job)]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     lines = [line for line in done.stdout.splitlines() if line.startswith(WORKER_TAG)]
     if done.returncode != 0 or not lines:
