@@ -11,6 +11,7 @@ tokens are the ones the plain path (the same loop without a graph) draws for tha
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable, Optional
 
 import torch
@@ -81,7 +82,8 @@ def graph_api():
 
 
 def _graphable(model: nn.Module, device: torch.device) -> bool:
-    """Graphs need the backend's device and no hooks (ZeRO-3 gathers parameters in hooks)."""
+    """Graphs need the backend's device and no hooks (ZeRO-3 gathers parameters in hooks,
+    tensor parallelism enters its regions through them)."""
     if device.type != portkit.backend().device_type or graph_api() is None:
         return False
     return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
@@ -107,12 +109,23 @@ def captured(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
     return replay
 
 
+def _capture_or_plain(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    try:
+        return captured(step)
+    except RuntimeError as e:  # an op of the step that the device cannot capture: say so, decode plainly
+        print(f"portkit generate: the decode step could not be captured as a graph ({str(e).splitlines()[0]}); "
+              f"decoding without graphs (pass graphs=False to skip the attempt)", file=sys.stderr)
+        return step
+
+
 @torch.no_grad()
 def generate(model: nn.Module, idx, valid, max_new_tokens: int, eos_id: int, pad_id: int, sample: Callable,
              early_stop: bool = True, graphs: Optional[bool] = None):
     """GPT.generate with the static cache; `sample(logits) -> (B,)` draws the next tokens.
     graphs: None = where the backend has them, False = the plain loop."""
     B, T = idx.shape
+    if max_new_tokens < 1:
+        return idx, valid
     dec = Decoder(model, valid, T + max_new_tokens)
     out = torch.full((B, T + max_new_tokens), pad_id, dtype=idx.dtype, device=idx.device)
     out[:, :T] = idx
@@ -129,6 +142,6 @@ def generate(model: nn.Module, idx, valid, max_new_tokens: int, eos_id: int, pad
         dec.pos.fill_(T + t)
         if step is None:
             use = _graphable(model, idx.device) if graphs is None else graphs
-            step = captured(dec.step) if use else dec.step
+            step = _capture_or_plain(dec.step) if use else dec.step
         logits = step()
     return out[:, :T + t + 1], dec.valid[:, :T + t + 1].clone()
