@@ -70,9 +70,14 @@ def chunked_linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor,
     gw = torch.zeros_like(weight) if want else hidden.new_empty(0)
     gb = torch.zeros(v, dtype=torch.float32, device=hidden.device) if want and bias is not None else None
     step = chunk_rows(n, d, v)
+    chunk = hidden.new_empty(min(step, n), v)  # one buffer: a new chunk's logits never coexist with the last's
     for s in range(0, n, step):
         h = hidden[s:s + step]
-        logits = h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())  # (c, V)
+        logits = chunk[:h.shape[0]]  # (c, V)
+        if bias is None:
+            torch.mm(h, weight.t(), out=logits)
+        else:
+            torch.addmm(bias, h, weight.t(), out=logits)
         scale = None if not want else (grad_scale if grad_scale.dim() == 0 else grad_scale[s:s + step])
         loss[s:s + step] = ce_chunk(logits, target[s:s + step], ignore_index, scale)
         if want:
