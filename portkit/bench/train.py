@@ -268,7 +268,8 @@ def build(variant: str, p: Preset, seq: int, compile_backend: str) -> Built:
     """Every variant starts from portkit_gpt's weights: the same initial model on both sides."""
     model = portkit_gpt(p, seq)
     if not variant.startswith("portkit"):
-        native = NativeGPT(p, seq).to(portkit.device())
+        with torch.device(portkit.device()):
+            native = NativeGPT(p, seq)
         native.load_state_dict(native_state(model.state_dict(), p))
         model = native
     compiled = variant.endswith("compiled")
@@ -355,6 +356,8 @@ def train_variant(variant: str, name: str, ta: TrainArgs) -> dict:
 def _train(variant: str, p: Preset, batch: int, seq: int, ta: TrainArgs) -> dict:
     data = text_batches(ta.warmup + 2 * ta.steps, batch, seq).to(portkit.device())
     b = build(variant, p, seq, ta.compile_backend)
+    if portkit.backend().device_type != "cpu":  # the peak of training, not of building (fp32 before the cast)
+        portkit.backend().reset_peak_memory()
     losses, host = [], []
 
     def step(i: int) -> None:  # host: the seconds until the step's work is issued
