@@ -502,11 +502,14 @@ def run(ta: TrainArgs, command: str, progress: Callable[[str], None] = lambda s:
     for name in ta.models:
         for variant in ta.variants:
             progress(f"{name} {variant}")
-            results.append(in_worker({"job": "train", "variant": variant, "model": name}, ta))
+            p = PRESETS[name]
+            failed = {"model": name, "variant": variant, "batch": ta.batch or p.batch, "seq": ta.seq or p.seq}
+            results.append(in_worker({"job": "train", "variant": variant, "model": name}, ta, failed))
     ppo_result = None
     if ta.ppo is not None:
         progress(f"ppo ({ta.ppo.model} actor)")
-        ppo_result = in_worker({"job": "ppo"}, ta)
+        ppo_result = in_worker({"job": "ppo"}, ta, {"actor": ta.ppo.model, "batch": ta.ppo.batch,
+                                                     "prompt_tokens": ta.ppo.prompt, "new_tokens": ta.ppo.new_tokens})
     backend = portkit.backend()
     return {"schema": SCHEMA, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "command": command, "backend": backend.name, "device": backend.device_name(),
@@ -524,15 +527,15 @@ DATA = (f"bytes of the Python standard library's source, not repeated; the same 
 WORKER_TAG = "portkit-bench-result: "
 
 
-def in_worker(job: dict, ta: TrainArgs) -> dict:
-    """Run one job in a fresh Python process and return its result."""
+def in_worker(job: dict, ta: TrainArgs, failed: dict) -> dict:
+    """Run one job in a fresh Python process and return its result; if the process dies
+    (its stderr is above), `failed` with the error, so the other variants still report."""
     job = {**job, "args": asdict(ta), "backend": portkit.backend().name}
     cmd = [sys.executable, "-m", "portkit.bench.train", "--worker", json.dumps(job)]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     lines = [line for line in done.stdout.splitlines() if line.startswith(WORKER_TAG)]
     if done.returncode != 0 or not lines:
-        raise RuntimeError(f"bench worker for {job['job']} {job.get('model', '')} {job.get('variant', '')} "
-                           f"failed with exit code {done.returncode} (its stderr is above)")
+        return {**failed, "error": f"the worker process failed with exit code {done.returncode} (its stderr has why)"}
     return json.loads(lines[-1][len(WORKER_TAG):])
 
 

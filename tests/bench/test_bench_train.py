@@ -97,3 +97,11 @@ def test_bad_variant_names_the_choices(tmp_path):
     done = _run(["--quick", "--variants", "portkit,fast"], tmp_path)
     assert done.returncode == 2
     assert "fast" in done.stderr and "native-compiled" in done.stderr
+
+
+def test_a_dying_worker_becomes_an_error_row_not_a_crash():
+    ta = bench.TrainArgs(models=("tiny",), variants=("portkit",), steps=1, warmup=0, batch=None, seq=None,
+                         compile_backend="inductor", ppo=None, quick=True)
+    row = bench.in_worker({"job": "train", "variant": "portkit", "model": "no-such-model"}, ta,
+                          {"model": "no-such-model", "variant": "portkit"})
+    assert row["model"] == "no-such-model" and "exit code 1" in row["error"]
