@@ -16,6 +16,7 @@ COMMANDS = {  # name -> (module, one-line help)
     "plan": ("portkit.plan", "plan parallel layouts and training time of a GPT on a cluster"),
     "new-backend": ("portkit.vendorkit", "scaffold an installable backend plugin package"),
     "conformance": ("portkit.conformance", "certify an installed backend: contract, ops, collectives, frameworks"),
+    "scan": ("portkit.scan", "report which CUDA-specific uses of a code base portkit adapts and which need work"),
 }
 
 
