@@ -27,7 +27,6 @@ import argparse
 import ast
 import dataclasses
 import json
-import os
 import re
 import sys
 import time
@@ -88,6 +87,7 @@ MEMBER_FIXES = {  # torch.cuda member -> the fix where the backend lacks it
     "_lazy_init": "a private CUDA-init helper: drop the call",
 }
 TENSOR_TYPE = re.compile(r"torch\.cuda\.\w+Tensor")  # 'torch.cuda.HalfTensor', as Tensor.type() names it
+TRITON_DECORATORS = {"triton.jit", "triton.autotune", "triton.heuristics"}
 FP8_DTYPES = {"float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"}
 DEVICE_KWARGS = {"device", "device_type", "map_location"}
 DEVICE_CALLS = {"device", "to", "Generator"}  # their first argument is a device
@@ -147,8 +147,8 @@ class Target:
 def apex_verdict(name: str) -> tuple[str, str]:
     """The apex shim's verdict on an apex module or member, from its own tables."""
     module, _, member = name.rpartition(".")
-    entry = apex_shim.SERVED.get(name) or apex_shim.SERVED.get(module)
-    if name in apex_shim.SERVED or (entry and member in entry[2].replace("=", " ").split()):
+    exported = {item.partition("=")[0] for item in apex_shim.SERVED.get(module, (0, "", ""))[2].split()}
+    if name in apex_shim.SERVED or member in exported:
         return "handled", "apex shim"
     hints = {**apex_shim.UNSERVED, **apex_shim.UNSERVED_NAMES}
     hint = next((h for key, h in hints.items() if name == key or name.startswith(key + ".")), None)
@@ -252,7 +252,10 @@ class Visitor(ast.NodeVisitor):
             self.named(node, q)
 
     def named(self, node: ast.AST, q: str | None) -> bool:
-        rule = self.name_rule(q) if q and id(node) not in self.seen else None
+        """Report the use `q` names, if any; True when the node needs no further visit."""
+        if id(node) in self.seen:
+            return True
+        rule = self.name_rule(q) if q else None
         if rule:
             self.add(node, *rule)
         return rule is not None
@@ -277,8 +280,8 @@ class Visitor(ast.NodeVisitor):
         func = node.func
         name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
         q = self.qualname(func) or ""
-        if isinstance(func, ast.Name) and name == "hasattr" and node.args:
-            self.seen.add(id(node.args[0]))  # a probe guards the use it probes for: not a use itself
+        if name == "hasattr" and node.args and self.qualname(node.args[0]) in ("torch", "torch.cuda"):
+            self.seen.add(id(node.args[0]))  # hasattr(torch.cuda, 'x') guards the use it probes for
         elif isinstance(func, ast.Name) and name == "getattr" and len(node.args) >= 2:
             self.dynamic_attribute(node)
         elif name == "cuda" and not q:
@@ -394,11 +397,8 @@ class Visitor(ast.NodeVisitor):
         error = self.triton_check(self.file, kernel, t.backend) if self.triton_check else None
         if error:
             return "attention", f"does not compile for {t.name}: {error}"
-        ran = "" if t.caps is None else f"; {t.name} has Triton"
-        return "triton", "portable to ROCm (Triton's HIP backend)" + (ran or f"; {t.name} is not available here to ask")
-
-
-TRITON_DECORATORS = {"triton.jit", "triton.autotune", "triton.heuristics"}
+        where = f"{t.name} has Triton" if t.caps else f"{t.name} is not available here to ask"
+        return "triton", f"portable to ROCm (Triton's HIP backend); {where}"
 
 
 # -- the scan -------------------------------------------------------------------------------
@@ -501,6 +501,9 @@ def write_json(path: Path, report: dict[str, Any]) -> None:
         raise ScanError(f"cannot write --json-out {path}: {e.strerror or e}") from None
 
 
+PLAIN = dict(markup=False, highlight=False, soft_wrap=True)  # file:line lines stay whole and greppable
+
+
 def render(report: dict[str, Any]) -> None:
     from rich.console import Console
     console, s = Console(), report["summary"]
@@ -509,12 +512,13 @@ def render(report: dict[str, Any]) -> None:
                   f"{s['uses']} device-specific uses, backend [bold]{report['backend']}[/] ({report['seconds']} s)")
     console.print(framework_table(s))
     console.print(adaptation_table(s))
-    for verdict, title, column in (("attention", "needs attention", "fix"), ("cannot_tell", "cannot tell", "why"),
-                                   ("triton", "Triton kernels", "note")):
+    for verdict, title in (("attention", "needs attention"), ("cannot_tell", "cannot tell"), ("triton", "Triton kernels")):
         rows = [u for u in report["uses"] if u["verdict"] == verdict]
-        console.print(uses_table(f"{title} ({len(rows)})", column, rows) if rows else f"[bold]{title}:[/] none")
+        console.print(f"[bold]{title}[/] ({len(rows)})")
+        for u in rows:
+            console.print(f"  {u['file']}:{u['line']}  {u['what']}: {u['how']}", **PLAIN)
     for bad in report["unparsed"]:
-        console.print(f"[yellow]not parsed[/] {bad['file']}: {bad['error']}")
+        console.print(f"not parsed: {bad['file']}: {bad['error']}", **PLAIN)
     console.print(f"[bold]{v['handled']} of {s['uses']} uses adapted automatically[/], {v['native']} run as written "
                   f"on {report['backend']}, {v['attention']} need attention, {v['triton']} Triton kernels, "
                   f"{v['cannot_tell']} cannot tell")
@@ -540,11 +544,4 @@ def adaptation_table(s: dict[str, Any]):
     t = _table("handled by", "adaptation", "what it does", "uses")
     for key, n in s["adaptations"].items():
         t.add_row(key, ADAPTATIONS[key], str(n))
-    return t
-
-
-def uses_table(title: str, column: str, rows: list[dict[str, Any]]):
-    t = _table(title, "where", "use", column)
-    for u in rows:
-        t.add_row(f"{u['file']}:{u['line']}", u["what"], u["how"])
     return t
