@@ -159,3 +159,13 @@ def test_every_handled_verdict_names_existing_tests():
         assert nodes, f"{key}: no test named"
         for path, name in nodes:
             assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M), f"{path}::{name} does not exist"
+
+
+def test_the_backend_decides_xpu_and_npu_from_their_device_modules():
+    """xpu: torch.xpu (in every torch build) answers; npu: torch.npu needs torch_npu, absent here."""
+    xpu = by_what(scan.scan(PROJECT / "train.py", backend("xpu")))
+    assert xpu["torch.cuda.set_device"] == ("handled", "torch.cuda")
+    assert xpu["torch.cuda.nvtx.range_push"][0] == "attention"
+    npu = by_what(scan.scan(PROJECT / "train.py", backend("npu")))
+    assert npu["torch.cuda.set_device"] == ("cannot_tell", "torch.npu is not importable here (install torch_npu to check)")
+    assert npu["CUDA_VISIBLE_DEVICES"][1] == "use ASCEND_RT_VISIBLE_DEVICES (the npu backend's variable)"
