@@ -38,7 +38,7 @@ from portkit.patches import torch_cuda
 from portkit.patching import Patch
 
 FRAMEWORK = "megatron-core"
-VERSIONS = ">=0.16,<0.17"
+VERSIONS = ">=0.16,<0.17 || >=0.19,<0.20"  # tested: 0.16.1 (CPU, Python 3.11); 0.19.2 on the GPU machine (Python 3.12)
 
 # Megatron modules whose `torch` is redirected: the GPT model, tensor-parallel layers,
 # parallel state, pipeline schedules, DDP and the optimizer (the paths of a GPT training).

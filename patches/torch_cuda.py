@@ -205,21 +205,30 @@ def _unserved(name: str):
     return call
 
 
+def _map_first(args: tuple, kwargs: dict, name: str, device_type: str) -> tuple[tuple, dict]:
+    """Map the device argument given first or as `name`=; GradScaler's defaults to 'cuda'."""
+    if args:
+        return (map_device(args[0], device_type),) + args[1:], kwargs
+    return args, dict(kwargs, **{name: map_device(kwargs.get(name, "cuda"), device_type)})
+
+
 def _redirect_amp(device_type: str) -> None:
     """torch.autocast / torch.amp with 'cuda', torch.cuda.amp's autocast and GradScaler."""
     real_autocast, real_scaler = torch.amp.autocast, torch.amp.GradScaler
 
     class autocast(real_autocast):
-        def __init__(self, device_type_: str = "cuda", *args, **kwargs):
-            super().__init__(map_device(device_type_, device_type), *args, **kwargs)
+        def __init__(self, *args, **kwargs):
+            args, kwargs = _map_first(args, kwargs, "device_type", device_type)
+            super().__init__(*args, **kwargs)
 
     class cuda_autocast(real_autocast):
         def __init__(self, enabled: bool = True, dtype: torch.dtype = torch.float16, cache_enabled: bool = True):
             super().__init__(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
 
     class GradScaler(real_scaler):
-        def __init__(self, device: str = "cuda", *args, **kwargs):
-            super().__init__(map_device(device, device_type), *args, **kwargs)
+        def __init__(self, *args, **kwargs):
+            args, kwargs = _map_first(args, kwargs, "device", device_type)
+            super().__init__(*args, **kwargs)
 
     class cuda_GradScaler(real_scaler):
         def __init__(self, *args, **kwargs):

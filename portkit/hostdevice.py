@@ -156,13 +156,14 @@ class HostDevice(types.ModuleType):
         pass
 
     # -- random numbers: the device generator is the CPU generator --------------------------
+    # torch.manual_seed and torch.seed call torch.cuda's: only the CPU generator here, no loop
     def manual_seed(self, seed: int) -> None:
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(int(seed))
 
     manual_seed_all = manual_seed
 
     def seed(self) -> None:
-        torch.seed()
+        torch.default_generator.seed()
 
     seed_all = seed
 
