@@ -48,3 +48,35 @@ def test_exec_deepspeed_other_accelerator_warns_in_one_line():
     lines = [line for line in done.stderr.splitlines() if line.startswith("portkit:")]
     assert lines == ["portkit: DeepSpeed runs on its own CPU_Accelerator ('cpu'), not on portkit's backend "
                      "'testvendor': remove the script's set_accelerator(...) call or DS_ACCELERATOR setting"]
+
+
+APEX_EDITS = [
+    ("from apex.normalization import FusedLayerNorm, FusedRMSNorm\n", ""),
+    ("from apex.optimizers import FusedAdam\n", ""),
+    ("import scaled_upper_triang_masked_softmax_cuda\n", ""),
+    ("        softmax_results = scaled_upper_triang_masked_softmax_cuda.forward(inputs, scale_t[0])\n",
+     "        causal = torch.ones(inputs.shape[-2:], dtype=torch.bool).triu(1)\n"
+     "        softmax_results = torch.softmax((inputs * scale).masked_fill(causal, float('-inf')), -1)\n"),
+    ("        return scaled_upper_triang_masked_softmax_cuda.backward(output_grads, softmax_results, scale_t[0]), None",
+     "        y = softmax_results\n"
+     "        return scale_t[0] * y * (output_grads - (output_grads * y).sum(-1, keepdim=True)), None"),
+    ("FusedLayerNorm(d)", "torch.nn.LayerNorm(d)"), ("FusedRMSNorm(d)", "torch.nn.RMSNorm(d, eps=1e-5)"),
+    ("FusedAdam(model.parameters(), lr=1e-2, weight_decay=0.1, adam_w_mode=True)",
+     "torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)"),
+    ("Block().cuda()", "Block()"), ("torch.randn(4, 16, 32).cuda(), torch.randn(4, 16, 32).cuda()",
+                                    "torch.randn(4, 16, 32), torch.randn(4, 16, 32)"),
+]
+
+
+@pytest.mark.parametrize("backend", helpers.BACKENDS)
+def test_exec_apex_fused_modules_match_hand_edited_torch(backend, tmp_path):
+    got = helpers.result(helpers.portkit_exec("apex_train.py", backend))
+    want = helpers.result(helpers.python(helpers.hand_edited("apex_train.py", APEX_EDITS, tmp_path)))
+    helpers.assert_same_losses(got["losses"], want["losses"], rel=1e-5)
+
+
+def test_exec_apex_amp_and_parallel_name_the_torch_replacement_in_every_import_form():
+    got = helpers.result(helpers.portkit_exec("apex_amp.py", "cpu"))
+    amp, ddp = "use torch.amp (autocast and GradScaler)", "use torch.nn.parallel.DistributedDataParallel"
+    assert all(amp in got[form] for form in ("import apex.amp", "from apex import amp", "from apex.amp import initialize"))
+    assert ddp in got["from apex.parallel import DistributedDataParallel"]
