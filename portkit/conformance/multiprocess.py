@@ -1,6 +1,6 @@
 """Conformance groups that run in 2 processes through torchrun: collectives, deepspeed, colossalai.
 
-Each rank of portkit/_conformance_worker.py writes its checks to rank<R>.json; a check
+Each rank of portkit/conformance/worker.py writes its checks to rank<R>.json; a check
 passes when it passes on every rank.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from portkit._conformance_common import Check, Context, missing, needs_active
+from portkit.conformance.common import Check, Context, missing, needs_active
 
 NPROC = 2
 
@@ -61,7 +61,7 @@ def launch(ctx: Context, group: str) -> list[Check]:
     out = ctx.workdir / group
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={NPROC}",
-           "-m", "portkit._conformance_worker", group, str(out)]
+           "-m", "portkit.conformance.worker", group, str(out)]
     rc, log = run_killable(cmd, worker_env(ctx), ctx.timeout, out / "log.txt")
     if rc is None:
         return [Check("processes finished", False, f"{NPROC} processes did not finish within {ctx.timeout:.0f} s "

@@ -15,7 +15,7 @@ import torch
 
 from portkit.models.gpt import sequence_logprobs
 from portkit.models.make_data import solve
-from portkit.models.reward import end_scores
+from portkit.models.rlhf.reward import end_scores
 
 
 def gae(rewards, values, mask, gamma: float, lam: float):

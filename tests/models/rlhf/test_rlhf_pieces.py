@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from portkit.models.ppo import KLController, gae, kl_penalty, policy_loss, rule_accuracy, value_loss, whiten
-from portkit.models.reward import accuracy, ranking_loss
-from portkit.models.sft import lr_at
+from portkit.models.rlhf.ppo import KLController, gae, kl_penalty, policy_loss, rule_accuracy, value_loss, whiten
+from portkit.models.rlhf.reward import accuracy, ranking_loss
+from portkit.models.rlhf.sft import lr_at
 
 
 def test_gae_matches_a_hand_computed_example():

@@ -1,5 +1,5 @@
 """One training step of DeepSpeed ZeRO-2 and of a Colossal-AI Booster (LowLevelZero, ZeRO-2)
-through portkit's adapters, run by each rank of portkit/_conformance_worker.py.
+through portkit's adapters, run by each rank of portkit/conformance/worker.py.
 
 The step is checked against a plain torch AdamW step of the same model on the whole
 global batch: ZeRO-2 that reduces, partitions and gathers correctly lands on the same
@@ -14,7 +14,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from portkit._conformance_common import Check, attempt
+from portkit.conformance.common import Check, attempt
 from portkit.backend import Backend
 
 BATCH, LR, WD = 8, 1e-2, 0.01

@@ -6,8 +6,9 @@ import json
 import pytest
 
 import portkit
-from portkit import bench, cli
-from portkit.ops import benchmark
+from portkit import cli
+from portkit.bench import cli as bench
+from portkit.bench import ops as benchmark
 
 
 def _run(*argv: str) -> int:
@@ -24,7 +25,7 @@ def report(tmp_path_factory):
 
 
 def test_bench_is_the_portkit_bench_command():
-    assert cli.COMMANDS["bench"][0] == "portkit.bench"
+    assert cli.COMMANDS["bench"][0] == "portkit.bench.cli"
 
 
 def test_quick_run_writes_the_json_schema(report):
@@ -64,9 +65,9 @@ def test_an_unknown_op_is_refused(capsys):
 
 
 def test_bench_train_without_its_module_exits_2(monkeypatch, capsys):
-    monkeypatch.setattr(bench, "TRAIN_MODULE", "portkit.models.no_such_bench")
+    monkeypatch.setattr(bench, "TRAIN_MODULE", "portkit.bench.no_such_train")
     assert _run("train") == 2
-    assert "portkit.models.no_such_bench is missing" in capsys.readouterr().err
+    assert "portkit.bench.no_such_train is missing" in capsys.readouterr().err
 
 
 def test_quick_sizes_keep_explicit_overrides():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from portkit._conformance_common import Check, Context, attempt, missing, needs_active
+from portkit.conformance.common import Check, Context, attempt, missing, needs_active
 from portkit.backend import Backend
 
 RECIPE = "tiny.yaml"
@@ -123,7 +123,7 @@ def recipe_path() -> Path | None:
 
 
 def run_recipe(ctx: Context, path: Path) -> list[Check]:
-    from portkit._conformance_procs import run_killable, tail, worker_env
+    from portkit.conformance.multiprocess import run_killable, tail, worker_env
     out = ctx.workdir / "recipe"
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "portkit.cli", "run", str(path), "--backend", ctx.backend.name,

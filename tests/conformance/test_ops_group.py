@@ -1,9 +1,9 @@
 """The `ops` conformance group's comparison of an implementation against the reference."""
 import torch
 
-from portkit import _conformance_ops as ops_group
-from portkit._conformance_procs import merge, tail
-from portkit._conformance_common import Check
+from portkit.conformance import ops as ops_group
+from portkit.conformance.multiprocess import merge, tail
+from portkit.conformance.common import Check
 from portkit.backends.cpu import CPUBackend
 from portkit.ops import norms
 from portkit.ops.registry import OpImpl

@@ -25,18 +25,18 @@ from pathlib import Path
 from typing import Callable
 
 from portkit import runtime
-from portkit._conformance_common import Check, Context, describe
+from portkit.conformance.common import Check, Context, describe
 from portkit.backend import Backend
 
 GroupFn = Callable[[Context], list[Check]]
 
 
 def _groups() -> dict[str, GroupFn]:
-    from portkit import _conformance_contract, _conformance_ops, _conformance_procs, _conformance_train
-    return {"contract": _conformance_contract.run, "ops": _conformance_ops.run,
-            "collectives": _conformance_procs.collectives, "deepspeed": _conformance_procs.deepspeed,
-            "colossalai": _conformance_procs.colossalai, "recipe": _conformance_train.recipe,
-            "checkpoint": _conformance_train.checkpoint}
+    from portkit.conformance import contract, multiprocess, ops, train
+    return {"contract": contract.run, "ops": ops.run,
+            "collectives": multiprocess.collectives, "deepspeed": multiprocess.deepspeed,
+            "colossalai": multiprocess.colossalai, "recipe": train.recipe,
+            "checkpoint": train.checkpoint}
 
 
 GROUP_NAMES = ("contract", "ops", "collectives", "deepspeed", "colossalai", "recipe", "checkpoint")

@@ -1,7 +1,7 @@
 """`portkit bench`: measure portkit against native PyTorch on this device.
 
   portkit bench ops    fused ops beside their native peers (GB/s, time, peak memory)
-  portkit bench train  training throughput (portkit.models.bench)
+  portkit bench train  training throughput (portkit.bench.train)
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-TRAIN_MODULE = "portkit.models.bench"
+TRAIN_MODULE = "portkit.bench.train"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _configure_ops(p: argparse.ArgumentParser) -> None:
-    from portkit.ops.benchmark import OPS, DTYPES, BenchConfig
+    from portkit.bench.ops import OPS, DTYPES, BenchConfig
     d = BenchConfig()
     p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of: {', '.join(OPS)}")
     p.add_argument("--dtype", default=d.dtype, choices=list(DTYPES), help="activation dtype (default %(default)s)")
@@ -69,7 +69,7 @@ def _train_module():
 
 
 def _config(args: argparse.Namespace):
-    from portkit.ops.benchmark import BenchConfig
+    from portkit.bench.ops import BenchConfig
     given = {k: getattr(args, k) for k in ("rows", "hidden", "vocab", "adamw_params", "iters")
              if getattr(args, k) is not None}
     given.update(ops=_names(args.ops), dtype=args.dtype, compile=args.compile, impls=_names(args.impls))
@@ -81,7 +81,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _main_ops(args: argparse.Namespace) -> int:
-    from portkit.ops import benchmark
+    from portkit.bench import ops as benchmark
     if args.render is not None:
         print(benchmark.markdown(json.loads(args.render.read_text())), end="")
         return 0
@@ -122,7 +122,7 @@ def _print_table(report: dict, benchmark) -> None:
     console.print(table)
 
 
-if __name__ == "__main__":  # python -m portkit.bench ops ... (the same as `portkit bench ops ...`)
+if __name__ == "__main__":  # python -m portkit.bench.cli ops ... (the same as `portkit bench ops ...`)
     _parser = argparse.ArgumentParser(prog="portkit bench")
     configure(_parser)
     sys.exit(main(_parser.parse_args()))

@@ -4,7 +4,7 @@ The package (`portkit-NAME`, module `portkit_NAME`) holds a pyproject with the e
 point in the group `portkit.backends`, one backend module whose every contract member
 has a CPU answer until the vendor fills in the device calls, a README with the steps and
 a test that runs `portkit conformance --backend NAME`. Templates are the plain text files
-in portkit/templates/backend/, with {placeholders}.
+in portkit/scaffold/templates/backend/, with {placeholders}.
 """
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def write_package(spec: Spec, dest: Path) -> list[Path]:
     """Write the plugin package into `dest` (absent or empty). Returns the files written."""
     if dest.exists() and any(dest.iterdir()):
         raise ScaffoldError(f"{dest} exists and is not empty; choose another --out or remove it")
-    templates = importlib.resources.files("portkit") / "templates" / "backend"
+    templates = importlib.resources.files("portkit.scaffold") / "templates" / "backend"
     values = spec.values()
     written = []
     for template, target in FILES.items():

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from portkit import runtime
-from portkit._conformance_common import Check, Context, attempt, describe, missing, needs_active
+from portkit.conformance.common import Check, Context, attempt, describe, missing, needs_active
 from portkit.backend import Backend
 
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}  # max error / max |reference|

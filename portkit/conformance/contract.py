@@ -8,7 +8,7 @@ import typing
 
 import torch
 
-from portkit._conformance_common import Check, Context, attempt
+from portkit.conformance.common import Check, Context, attempt
 from portkit.backend import Backend, Capabilities
 
 # What every backend must define itself (inheriting portkit.Backend's value is a silent fallback).

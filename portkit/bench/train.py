@@ -33,7 +33,7 @@ the backend has no bf16 peak (the CPU).
 KV cache (all new tokens sampled, no early stop), and the time of one PPO update on a
 synthetic rollout of that batch: the actor's clipped policy loss over
 sequence_logprobs, backward and FusedAdamW step, then a same-size critic's clipped value
-loss, backward and step (the body of portkit.models.ppo.update for one minibatch).
+loss, backward and step (the body of portkit.models.rlhf.ppo.update for one minibatch).
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ import torch.nn.functional as F
 
 import portkit
 import portkit.ops as ops
-from portkit.bench import write_output
+from portkit.bench.cli import write_output
 from portkit.ops import registry
 
 SCHEMA = "portkit.bench.train/1"
@@ -394,7 +394,7 @@ def measure_ppo(shape: PPOShape, ta: TrainArgs) -> dict:
 
 
 def _ppo(p: Preset, shape: PPOShape, ta: TrainArgs) -> dict:
-    from portkit.models import ppo
+    from portkit.models.rlhf import ppo
     from portkit.models.gpt import sequence_logprobs
     block = max(p.seq, shape.prompt + shape.new_tokens)
     actor, critic = portkit_gpt(p, block), portkit_gpt(p, block, head="scalar")

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from portkit import vendorkit
-from portkit.vendorkit import ScaffoldError, make_spec, write_package
+from portkit.scaffold import cli as scaffold
+from portkit.scaffold.cli import ScaffoldError, make_spec, write_package
 
 
 @pytest.mark.parametrize("name, fragment", [
@@ -63,10 +63,10 @@ def test_refuses_a_non_empty_folder(tmp_path):
 
 def test_cli_reports_the_error_and_exits_2(tmp_path, capsys):
     p = argparse.ArgumentParser()
-    vendorkit.configure(p)
-    assert vendorkit.main(p.parse_args(["cpu", "--out", str(tmp_path / "x")])) == 2
+    scaffold.configure(p)
+    assert scaffold.main(p.parse_args(["cpu", "--out", str(tmp_path / "x")])) == 2
     assert "built-in portkit plugin name" in capsys.readouterr().err
-    assert vendorkit.main(p.parse_args(["acme", "--device-type", "npu", "--out", str(tmp_path / "x")])) == 0
+    assert scaffold.main(p.parse_args(["acme", "--device-type", "npu", "--out", str(tmp_path / "x")])) == 0
     assert "pip install -e" in capsys.readouterr().out
 
 

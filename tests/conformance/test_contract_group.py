@@ -1,8 +1,8 @@
 """The `contract` conformance group on backends defined in the test: what each breakage reports."""
 import pytest
 
-from portkit import _conformance_contract as contract
-from portkit._conformance_common import Context
+from portkit.conformance import contract as contract
+from portkit.conformance.common import Context
 from portkit.backend import Backend
 from portkit.backends.cpu import CPUBackend
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from portkit.models import data as D
-from portkit.models.sft import lr_at
+from portkit.models.rlhf.sft import lr_at
 
 
 def end_scores(model, idx, end, valid=None):

@@ -9,10 +9,10 @@ from portkit.models import data as D
 from portkit.models import recipe as R
 from portkit.models.gpt import GPT, GPTConfig
 from portkit.models.make_data import solve
-from portkit.models.ppo import reference_scores, response_end, standard_scores, zero_value_head
+from portkit.models.rlhf.ppo import reference_scores, response_end, standard_scores, zero_value_head
 from portkit.models.tokenizer import ByteTokenizer
 
-DEFAULT = Path(__file__).resolve().parents[2] / "models" / "recipes" / "default.yaml"
+DEFAULT = Path(__file__).resolve().parents[3] / "models" / "recipes" / "default.yaml"
 CFG = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32)
 
 

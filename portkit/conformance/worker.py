@@ -1,7 +1,7 @@
 """One rank of a multi-process conformance group, started by torchrun.
 
     python -m torch.distributed.run --standalone --nproc-per-node=2 \
-        -m portkit._conformance_worker GROUP OUTDIR
+        -m portkit.conformance.worker GROUP OUTDIR
 
 Selects the backend named by PORTKIT_BACKEND, runs the group's checks and writes them to
 OUTDIR/rank<RANK>.json. The frameworks are imported only by their own group.
@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 import portkit
-from portkit._conformance_common import Check, attempt, describe
+from portkit.conformance.common import Check, attempt, describe
 from portkit.backend import Backend
 
 TIMEOUT = timedelta(seconds=120)
@@ -74,13 +74,13 @@ def barrier(b: Backend) -> str | None:
 
 # -- frameworks --------------------------------------------------------------------------
 def deepspeed_step(b: Backend) -> list[Check]:
-    from portkit import _conformance_frameworks
-    return _conformance_frameworks.deepspeed_step(b)
+    from portkit.conformance import frameworks
+    return frameworks.deepspeed_step(b)
 
 
 def colossalai_step(b: Backend) -> list[Check]:
-    from portkit import _conformance_frameworks
-    return _conformance_frameworks.colossalai_step(b)
+    from portkit.conformance import frameworks
+    return frameworks.colossalai_step(b)
 
 
 GROUPS = {"collectives": collectives, "deepspeed": deepspeed_step, "colossalai": colossalai_step}

@@ -150,7 +150,7 @@ class Cluster:
 
 
 def shipped_clusters() -> list[str]:
-    folder = resources.files("portkit") / "clusters"
+    folder = resources.files("portkit.plan") / "clusters"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -158,7 +158,7 @@ def load_cluster(spec: str) -> Cluster:
     """A shipped cluster name (see shipped_clusters()) or a path to a cluster YAML."""
     path = Path(spec)
     if not path.suffix:
-        shipped = resources.files("portkit") / "clusters" / f"{spec}.yaml"
+        shipped = resources.files("portkit.plan") / "clusters" / f"{spec}.yaml"
         if not shipped.is_file():
             raise ConfigError(f"unknown cluster {spec!r}; shipped: {', '.join(shipped_clusters())}, "
                               "or give the path of a cluster YAML")

@@ -7,8 +7,8 @@ import time
 
 import torch
 
-from portkit.models.ppo import rule_accuracy
-from portkit.models.reward import end_scores
+from portkit.models.rlhf.ppo import rule_accuracy
+from portkit.models.rlhf.reward import end_scores
 
 
 @torch.no_grad()

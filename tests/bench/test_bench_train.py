@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from portkit.models import bench
+from portkit.bench import train as bench
 
 ALL = ",".join(bench.VARIANTS)
 

@@ -3,8 +3,8 @@
 Searches tensor-, pipeline- and data-parallel sizes, ZeRO stage, micro-batch, interleaving and
 activation recomputation that fit in device memory, and estimates the step time (compute,
 memory-bound kernels, TP/PP/DP communication, pipeline bubble, optimizer), MFU and days to
-train. Formulas and their sources are in portkit/planmodel.py; cluster specs, with the
-software stack each calibration comes from, in portkit/clusters/*.yaml.
+train. Formulas and their sources are in portkit/plan/costmodel.py; cluster specs, with the
+software stack each calibration comes from, in portkit/plan/clusters/*.yaml.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import json
 import sys
 
 from portkit.config import ConfigError
-from portkit.planmodel import GPT, Constraints, Estimate, load_cluster, preset, search, shipped_clusters
+from portkit.plan.costmodel import GPT, Constraints, Estimate, load_cluster, preset, search, shipped_clusters
 
 VALIDATION = """\
 How close the model lands on published runs (tests/plan/test_validation_plan.py checks each within 30%):
