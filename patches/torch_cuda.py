@@ -185,15 +185,23 @@ def _own_names(module: Any) -> list[str]:
     return names
 
 
+def forwarded_names(target: Any) -> set[str]:
+    """The torch.cuda names the global redirection forwards to `target` (the backend's
+    device module); `portkit scan` reports from the same set."""
+    names = {name for name in _own_names(torch.cuda) if hasattr(target, name)}
+    return names | ({"_lazy_call"} if hasattr(target, "_lazy_call") else set())
+
+
 def _redirect_cuda_names(target: Any, device_type: str) -> None:
+    forwarded = forwarded_names(target)
     for name in _own_names(torch.cuda):
-        if hasattr(target, name):
+        if name in forwarded:
             value = getattr(target, name)
             wrap = callable(value) and not isinstance(value, type)
             _set(torch.cuda, name, _mapping(value, device_type) if wrap else value)
         elif device_type == "cpu" and callable(getattr(torch.cuda, name)):
             _set(torch.cuda, name, _unserved(name))
-    if hasattr(target, "_lazy_call"):
+    if "_lazy_call" in forwarded:
         _set(torch.cuda, "_lazy_call", target._lazy_call)
 
 

@@ -34,7 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from portkit import runtime
+from portkit import adapt, runtime
 from portkit.backend import Backend, Capabilities
 from portkit.patches import apex as apex_shim
 from portkit.patches import colossalai as colo_patch
@@ -51,6 +51,7 @@ ADAPTATIONS = {
     ".cuda()": "Tensor.cuda / Module.cuda moved to the backend's device (patches/torch_cuda.py)",
     "amp": "autocast / GradScaler with 'cuda' on the backend's device type",
     "nccl": "'nccl' replaced by the backend's communication library (patches/torch_cuda.py)",
+    "visible devices": "CUDA_VISIBLE_DEVICES copied to the backend's variable before the script starts (portkit/adapt.py)",
     "deepspeed": f"DeepSpeed accelerator and op builders (patches/deepspeed.py, {ds_patch.VERSIONS})",
     "colossalai": f"Colossal-AI accelerator and kernel loaders (patches/colossalai.py, {colo_patch.VERSIONS})",
     "megatron-core": f"Megatron-core torch.cuda and RNG patches (patches/megatron.py, {mg_patch.VERSIONS})",
@@ -113,10 +114,10 @@ class Target:
         self.backend, self.name = backend, backend.name
         self.cuda_type = backend.device_type == "cuda"
         self.caps: Capabilities | None = backend.capabilities() if backend.probe() is None else None
-        try:
-            self.api = torch_cuda.device_module(backend)  # what answers torch.cuda.* there
+        try:  # the torch.cuda names the redirection forwards to the backend's device module
+            self.forwarded = torch_cuda.forwarded_names(torch_cuda.device_module(backend))
         except AttributeError:  # torch.npu / torch.mlu exist only with the vendor's extension
-            self.api = None
+            self.forwarded = None
 
     def adapted(self, adaptation: str) -> tuple[str, str]:
         if self.cuda_type:
@@ -127,10 +128,12 @@ class Target:
         adaptation = "amp" if member == "amp" else "torch.cuda"
         if self.cuda_type:
             return self.adapted(adaptation)
-        if self.api is None:
+        if member == "amp":  # torch.cuda.amp's autocast, GradScaler, custom_fwd/bwd take the device type
+            return "handled", adaptation
+        if self.forwarded is None:
             return "cannot_tell", (f"torch.{self.backend.device_type} is not importable here "
                                    f"(install {self.backend.torch_extension or 'its torch extension'} to check)")
-        if hasattr(self.api, member):
+        if member in self.forwarded:
             return "handled", adaptation
         fix = MEMBER_FIXES.get(member, "guard the call or remove it")
         return "attention", f"torch.cuda.{member} has no counterpart on {self.name}: {fix}"
@@ -169,13 +172,16 @@ def import_verdict(name: str, t: Target) -> tuple[str, tuple[str, str]] | None:
     return None
 
 
-def env_verdict(var: str, t: Target) -> tuple[str, str]:
-    b = t.backend
-    if var == "CUDA_VISIBLE_DEVICES":
-        if b.visible_devices_env == var:
-            return "native", f"the {t.name} backend's variable"
-        return "attention", (f"use {b.visible_devices_env} (the {t.name} backend's variable)" if b.visible_devices_env
-                             else f"the {t.name} backend has no visible-devices variable: drop it")
+def env_verdict(var: str, t: Target, written: bool) -> tuple[str, str]:
+    """CUDA_VISIBLE_DEVICES (read or `written` by the script) and NCCL_* on the backend."""
+    b, own = t.backend, t.backend.visible_devices_env
+    if var == adapt.CUDA_VISIBLE:
+        if own in (None, var):
+            return "native", f"the {t.name} backend's variable" if own else f"no effect on {t.name}"
+        if written:
+            return "attention", (f"set {own} instead: portkit copies {var} to it only when set "
+                                 "before the script starts")
+        return "handled", "visible devices"
     if b.dist_backend == "nccl":
         return "native", "read by NCCL (RCCL on ROCm)"
     return "attention", (f"{b.dist_backend} does not read {var}: set the {b.dist_backend} equivalent "
@@ -291,6 +297,8 @@ class Visitor(ast.NodeVisitor):
         elif name == "CUDAExtension" or (q.startswith("torch.utils.cpp_extension.") and self.loads_cuda(node)):
             self.add(node, "torch", q or name, ("native", "builds with nvcc") if self.t.name == CUDA_ITSELF
                      else ("attention", EXTENSION_FIX))
+        if name in ("setdefault", "putenv") and node.args:
+            self.env_written(node.args[0])
         self.nvidia_smi(node)
         self.device_positions(node, name)
         self.generic_visit(node)
@@ -357,8 +365,20 @@ class Visitor(ast.NodeVisitor):
             self.add(node, "torch", repr(v), self.t.adapted("") if self.t.cuda_type else (
                 "attention", f"Tensor.type() names the device: on {self.t.name} it is not {v!r}; "
                              "compare .dtype and .device.type instead"))
-        elif v == "CUDA_VISIBLE_DEVICES" or NCCL_VAR.fullmatch(v):
-            self.add(node, "environment", v, env_verdict(v, self.t))
+        elif v == adapt.CUDA_VISIBLE or NCCL_VAR.fullmatch(v):
+            self.add(node, "environment", v, env_verdict(v, self.t, written=False))
+
+    def env_written(self, key: ast.AST) -> None:
+        """os.environ[KEY] = ..., os.environ.setdefault(KEY, ...), os.putenv(KEY, ...)."""
+        if isinstance(key, ast.Constant) and isinstance(key.value, str) and id(key) not in self.seen \
+                and (key.value == adapt.CUDA_VISIBLE or NCCL_VAR.fullmatch(key.value)):
+            self.seen.add(id(key))
+            self.add(key, "environment", key.value, env_verdict(key.value, self.t, written=True))
+
+    def visit_Subscript(self, node: ast.Subscript) -> None:
+        if isinstance(node.ctx, ast.Store):
+            self.env_written(node.slice)
+        self.generic_visit(node)
 
     def visit_JoinedStr(self, node: ast.JoinedStr) -> None:
         if id(node) not in self.seen and (literal_prefix(node) or "").startswith("cuda:"):
