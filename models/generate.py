@@ -7,7 +7,9 @@ are masked out). So every decode step has the same shapes and addresses, and whe
 backend offers graphs (CUDA and ROCm: torch's CUDAGraph) the step is captured once and
 replayed: one launch a token instead of hundreds, which is what bounds eager decoding of
 a small batch. Sampling stays outside the graph, with the caller's generator, so the
-tokens are the ones the plain path (the same loop without a graph) draws for that seed.
+tokens are the ones the plain path draws for that seed: a growing cache and one forward
+through the model's __call__ a token, taken where the backend has no graphs or the model
+has hooks that must run every step (ZeRO-3 gathering, tensor parallelism).
 """
 from __future__ import annotations
 
@@ -45,12 +47,11 @@ class Decoder:
     """The state of one generate call: token, column and validity buffers that the decode
     step reads, so that a graph of the step can be replayed after each buffer update."""
 
-    def __init__(self, model: nn.Module, valid: torch.Tensor, length: int):
-        B, dev = valid.shape[0], valid.device
+    def __init__(self, model: nn.Module, valid: torch.Tensor):
+        (B, length), dev = valid.shape, valid.device
         self.model = model
         self.caches = [StaticKVCache(length) for _ in model.h]
-        self.valid = torch.zeros(B, length, dtype=torch.bool, device=dev)
-        self.valid[:, :valid.shape[1]] = valid
+        self.valid = valid  # (B, length): the generate loop marks each new column
         self.tok = torch.zeros(B, 1, dtype=torch.long, device=dev)
         self.pos = torch.zeros(1, dtype=torch.long, device=dev)
         self.cols = torch.arange(length, device=dev)
@@ -118,30 +119,60 @@ def _capture_or_plain(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Te
         return step
 
 
+MODES = ("auto", "graph", "static", "plain")
+
+
 @torch.no_grad()
 def generate(model: nn.Module, idx, valid, max_new_tokens: int, eos_id: int, pad_id: int, sample: Callable,
-             early_stop: bool = True, graphs: Optional[bool] = None):
-    """GPT.generate with the static cache; `sample(logits) -> (B,)` draws the next tokens.
-    graphs: None = where the backend has them, False = the plain loop."""
+             early_stop: bool = True, mode: str = "auto"):
+    """GPT.generate's loop; `sample(logits) -> (B,)` draws the next tokens. mode "graph": the
+    static cache, its decode step replayed as a graph; "static": the same step run plainly;
+    "plain": a growing cache through the model's __call__ (framework hooks run every step:
+    ZeRO-3, tensor parallelism); "auto": "graph" where _graphable, else "plain"."""
+    if mode not in MODES:
+        raise ValueError(f"generate: mode {mode!r} is not one of {', '.join(MODES)}")
     B, T = idx.shape
     if max_new_tokens < 1:
         return idx, valid
-    dec = Decoder(model, valid, T + max_new_tokens)
+    if mode == "auto":
+        mode = "graph" if _graphable(model, idx.device) else "plain"
     out = torch.full((B, T + max_new_tokens), pad_id, dtype=idx.dtype, device=idx.device)
     out[:, :T] = idx
-    logits = model(idx, valid=valid, cache=dec.caches)  # the prompt, through __call__: hooks run
-    step = None
+    full_valid = torch.zeros(B, T + max_new_tokens, dtype=torch.bool, device=idx.device)
+    full_valid[:, :T] = valid
+    logits, step = (_plain if mode == "plain" else _static)(model, idx, full_valid, mode == "graph")
     done = torch.zeros(B, dtype=torch.bool, device=idx.device)
     for t in range(max_new_tokens):
         nxt = torch.where(done, torch.full_like(done, pad_id, dtype=idx.dtype), sample(logits))
-        out[:, T + t], dec.valid[:, T + t] = nxt, ~done
+        out[:, T + t], full_valid[:, T + t] = nxt, ~done
         done = done | (nxt == eos_id)
         if (early_stop and bool(done.all())) or t == max_new_tokens - 1:
             break
+        logits = step(T + t, nxt)
+    return out[:, :T + t + 1].contiguous(), full_valid[:, :T + t + 1].clone()
+
+
+def _plain(model: nn.Module, idx, valid, _graph: bool):
+    """(prompt logits, step(column, tokens) -> logits) over a growing cache, through __call__."""
+    from portkit.models.gpt import KVCache
+    cache = [KVCache() for _ in model.h]
+    T = idx.shape[1]
+
+    def step(col: int, nxt):
+        return model(nxt[:, None], valid=valid[:, :col + 1], cache=cache, start=col)
+    return model(idx, valid=valid[:, :T], cache=cache), step
+
+
+def _static(model: nn.Module, idx, valid, graph: bool):
+    """The same over the static cache; the decode step captured as a graph when `graph`."""
+    dec = Decoder(model, valid)
+    logits = model(idx, valid=valid[:, :idx.shape[1]], cache=dec.caches)  # the prompt, through __call__
+    run = []
+
+    def step(col: int, nxt):
         dec.tok.copy_(nxt[:, None])
-        dec.pos.fill_(T + t)
-        if step is None:
-            use = _graphable(model, idx.device) if graphs is None else graphs
-            step = _capture_or_plain(dec.step) if use else dec.step
-        logits = step()
-    return out[:, :T + t + 1], dec.valid[:, :T + t + 1].clone()
+        dec.pos.fill_(col)
+        if not run:  # captured at the first decode step: the buffers hold its inputs
+            run.append(_capture_or_plain(dec.step) if graph else dec.step)
+        return run[0]()
+    return logits, step

@@ -199,14 +199,16 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, valid, max_new_tokens, eos_id, pad_id, temperature=1.0, top_k=0, generator=None,
                  early_stop=True, graphs=None):
-        """Sample continuations with a static KV cache (models.generate), the decode step
-        replayed as a device graph where the backend has graphs (graphs=None), else or with
-        graphs=False a plain loop drawing the same tokens. idx (B, T) left-padded prompts,
+        """Sample continuations with a KV cache (models.generate): a static cache whose decode
+        step is replayed as a device graph where the backend has graphs and the model no hooks
+        (graphs=None), else or with graphs=False a growing cache through __call__, drawing the
+        same tokens for a seed. idx (B, T) left-padded prompts,
         valid (B, T). Returns tokens (B, T + n) and valid (B, T + n); after eos a row gets pad,
         valid False. early_stop=False runs all max_new_tokens steps (ranks in lockstep)."""
         from portkit.models.generate import generate
+        mode = {None: "auto", True: "graph", False: "plain"}[graphs]
         return generate(self, idx, valid, max_new_tokens, eos_id, pad_id,
-                        lambda logits: _sample(logits, temperature, top_k, generator), early_stop, graphs)
+                        lambda logits: _sample(logits, temperature, top_k, generator), early_stop, mode)
 
 
 def _attn_mask(valid, B, T, start, device):

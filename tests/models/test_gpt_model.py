@@ -91,31 +91,21 @@ def test_generation_stops_rows_at_eos_and_logprobs_align():
     assert lp.shape == resp_valid.shape and (lp <= 0).all()
 
 
-def _concat_cache_sampling(m, idx, valid, n, eos_id, pad_id, g):
-    """The plain loop generation had before the static cache: a growing cache, one forward a token."""
-    from portkit.models.gpt import KVCache, _sample
-    B, T = idx.shape
-    cache = [KVCache() for _ in m.h]
-    logits, done = m(idx, valid=valid, cache=cache), torch.zeros(B, dtype=torch.bool)
-    for t in range(n):
-        nxt = torch.where(done, torch.full((B,), pad_id), _sample(logits, 1.0, 5, g))
-        idx, valid = torch.cat([idx, nxt[:, None]], 1), torch.cat([valid, ~done[:, None]], 1)
-        done = done | (nxt == eos_id)
-        if bool(done.all()) or t == n - 1:
-            break
-        logits = m(nxt[:, None], valid=valid, cache=cache, start=T + t)
-    return idx, valid
-
-
 @pytest.mark.parametrize("kw", VARIANTS)
 def test_static_cache_draws_the_tokens_of_the_growing_cache_for_a_seed(kw):
+    from portkit.models.generate import generate
+    from portkit.models.gpt import _sample
     m = tiny(**kw)
     tok, idx, valid = _left_padded_prompts()
     for seed in range(3):
-        ours = m.generate(idx, valid, 12, eos_id=tok.eos_id, pad_id=tok.pad_id, top_k=5,
-                          generator=torch.Generator().manual_seed(seed))
-        theirs = _concat_cache_sampling(m, idx, valid, 12, tok.eos_id, tok.pad_id, torch.Generator().manual_seed(seed))
-        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+        runs = []
+        for mode in ("static", "plain"):  # "graph" replays the "static" step: the GPU test below
+            g = torch.Generator().manual_seed(seed)
+            runs.append(generate(m, idx, valid, 12, tok.eos_id, tok.pad_id, lambda lg: _sample(lg, 1.0, 5, g),
+                                 mode=mode))
+        (ours, ours_v), (theirs, theirs_v) = runs
+        assert torch.equal(ours, theirs) and torch.equal(ours_v, theirs_v)
+        assert (ours[:, idx.shape[1]:] != tok.pad_id).any()  # something was sampled
 
 
 @pytest.mark.gpu
