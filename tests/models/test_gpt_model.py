@@ -110,8 +110,10 @@ def test_static_cache_draws_the_tokens_of_the_growing_cache_for_a_seed(kw):
 
 @pytest.mark.gpu
 def test_graph_replay_draws_the_tokens_of_the_plain_loop_gpu():
+    """fp32: in bf16 the static cache's attention over the whole (masked) buffer may round
+    an activation one ulp apart from the growing cache's, enough to move a rare draw."""
     from portkit.bench.train import PRESETS, portkit_gpt
-    m = portkit_gpt(PRESETS["tiny"], 64).to(torch.bfloat16).eval()
+    m = portkit_gpt(PRESETS["tiny"], 64).eval()
     dev = m.wte.weight.device
     idx = torch.randint(0, 512, (4, 16), device=dev, generator=torch.Generator(device=dev).manual_seed(0))
     valid = torch.ones_like(idx, dtype=torch.bool)
