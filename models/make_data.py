@@ -3,11 +3,18 @@
 Three small instruction tasks whose answers a rule can check (`solve`):
     reverse: abcd  -> dcba        sort: 3 1 2 -> 1 2 3        upper: abcd -> ABCD
 Files (schema in portkit.models.data):
-    sft.jsonl          {"prompt", "response"}             correct answers
-    reward.jsonl       {"prompt", "chosen", "rejected"}   chosen = correct, rejected = a typical mistake
-    reward_eval.jsonl  the same, on prompts held out from every other file (reward-model accuracy)
+    sft.jsonl          {"prompt", "response"}             demonstrations of mixed quality (below)
+    reward.jsonl       {"prompt", "chosen", "rejected"}   chosen = correct, rejected = a hand-made mistake
+    reward_eval.jsonl  the same, on prompts held out from every other file: the reward model's
+                       hand-made accuracy, and the prompts every policy is evaluated on
     prompts.jsonl      {"prompt"}                         for PPO and rejection sampling
 The preference is verifiable: a response is right iff it equals solve(prompt).
+
+The demonstrations are of mixed quality, as InstructGPT's were: on the long prompts (SLIP_LEN
+items or more) a share SLIP_SHARE of the answers has a slip, the last character replaced by its
+successor (`slip`), the kind of single-character substitution a small policy makes. Imitation
+learns the mixture, so the SFT policy's greedy answer to a long prompt is the slip; preferences
+between its own samples, labelled by the rule, can teach it what imitation could not.
 """
 from __future__ import annotations
 
@@ -18,7 +25,8 @@ from pathlib import Path
 
 TASKS = ("reverse", "sort", "upper")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
-SIZES = {"sft": 3000, "reward": 16000, "reward_eval": 300, "prompts": 500}
+SIZES = {"sft": 4000, "reward": 8000, "reward_eval": 1200, "prompts": 4000}
+SLIP_LEN, SLIP_SHARE = 5, 0.7   # 35% of all demonstrations are wrong (half the prompts are long)
 
 
 def solve(prompt: str) -> str | None:
@@ -38,6 +46,22 @@ def make_prompt(rng: random.Random) -> str:
     if task == "sort":
         return "sort: " + " ".join(str(rng.randint(0, 9)) for _ in range(n))
     return f"{task}: " + "".join(rng.choice(LETTERS) for _ in range(n))
+
+
+def slip(answer: str) -> str:
+    """The answer with its last character replaced by its successor (z -> a, Z -> A, 9 -> 0)."""
+    last = answer[-1]
+    for alphabet in (LETTERS, LETTERS.upper(), "0123456789"):
+        if last in alphabet:
+            return answer[:-1] + alphabet[(alphabet.index(last) + 1) % len(alphabet)]
+    raise ValueError(f"no successor for {last!r}")
+
+
+def demonstrate(prompt: str, rng: random.Random) -> str:
+    """A demonstrator's answer: right, or on a long prompt a slip with probability SLIP_SHARE."""
+    right = solve(prompt)
+    long = len(prompt.partition(": ")[2].replace(" ", "")) >= SLIP_LEN
+    return slip(right) if long and rng.random() < SLIP_SHARE else right
 
 
 def corrupt(prompt: str, rng: random.Random) -> str:
@@ -82,10 +106,13 @@ def generate(seed: int = 0) -> dict[str, list[dict]]:
             pass
         return p
 
-    out = {"sft": [{"prompt": p, "response": solve(p)} for p in (fresh() for _ in range(SIZES["sft"]))]}
+    out = {"sft": [{"prompt": p, "response": demonstrate(p, rng)} for p in (fresh() for _ in range(SIZES["sft"]))]}
     out["reward"] = [_pair(fresh(), rng) for _ in range(SIZES["reward"])]
     out["reward_eval"] = [_pair(p, rng) for p in eval_prompts]
-    out["prompts"] = [{"prompt": fresh()} for _ in range(SIZES["prompts"])]
+    ppo: dict[str, None] = {}  # distinct, in the order drawn
+    while len(ppo) < SIZES["prompts"]:
+        ppo[fresh()] = None
+    out["prompts"] = [{"prompt": p} for p in ppo]
     return out
 
 

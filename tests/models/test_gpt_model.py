@@ -89,3 +89,22 @@ def test_generation_stops_rows_at_eos_and_logprobs_align():
         assert rv[:n].all() and not rv[n:].any() and (row[n:] == tok.pad_id).all()
     lp = sequence_logprobs(m, seq, v, idx.shape[1])
     assert lp.shape == resp_valid.shape and (lp <= 0).all()
+
+
+@pytest.mark.parametrize("temperature, top_k", [(1.0, 0), (0.7, 0), (0.7, 5), (1.3, 3)])
+def test_sequence_logprobs_are_of_the_distribution_sampled_from(temperature, top_k):
+    """PPO's ratio and KL need the log-probabilities generate() sampled with: logits / T, top-k kept."""
+    m, tok = tiny(), ByteTokenizer()
+    idx = torch.randint(0, 256, (3, 4))
+    seq, valid = m.generate(idx, torch.ones_like(idx, dtype=torch.bool), 5, tok.eos_id, tok.pad_id, temperature,
+                            top_k, torch.Generator().manual_seed(1))
+    got = sequence_logprobs(m, seq, valid, 4, temperature, top_k)
+    want = []
+    for t in range(4, seq.shape[1]):  # token by token, as the sampler saw them
+        logits = m(seq[:, :t], valid=valid[:, :t]) / temperature
+        if top_k:
+            logits = logits.masked_fill(logits < logits.topk(top_k).values[:, -1:], float("-inf"))
+        want.append(torch.log_softmax(logits, -1).gather(1, seq[:, t:t + 1]))
+    want = torch.cat(want, 1).masked_fill(~valid[:, 4:], 0)
+    assert torch.allclose(got.masked_fill(~valid[:, 4:], 0), want, atol=1e-4)
+    assert torch.isfinite(got[valid[:, 4:]]).all()  # every sampled token is inside the top k
