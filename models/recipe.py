@@ -62,11 +62,14 @@ class Reward:
     eval_every: int = 50      # held-out accuracy every N steps and at the end
     policy_prompts: int = 0   # prompts of data.reward whose SFT samples, labelled by the rule, add pairs
     policy_samples: int = 4   # samples per prompt; a prompt gives pairs when some are right, some wrong
+    policy_share: float = 0.5  # of each batch, drawn from those pairs (the file's pairs are many and easy)
 
     def __post_init__(self):
         _positive(self, "steps", "batch_size", "lr", "eval_every", "policy_samples")
         if self.policy_prompts < 0:
             raise ValueError(f"policy_prompts must be >= 0, got {self.policy_prompts}")
+        if not 0.0 <= self.policy_share < 1.0:
+            raise ValueError(f"policy_share must be in [0, 1), got {self.policy_share}")
 
 
 @dataclass(kw_only=True, slots=True)

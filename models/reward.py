@@ -94,6 +94,14 @@ def _ranked(prompt: str, answers: list[str]) -> list[dict]:
     return [{"prompt": prompt, "chosen": right, "rejected": w} for w in wrong] if right in answers else []
 
 
+def draw_weights(n_file: int, n_own: int, share: float) -> torch.Tensor:
+    """Sampling weights of the training pairs (the file's, then the policy's own): the own
+    pairs make `share` of the draws (none when there are none)."""
+    if n_own == 0:
+        return torch.ones(n_file)
+    return torch.cat([torch.full((n_file,), (1 - share) / n_file), torch.full((n_own,), share / n_own)])
+
+
 def run(ctx, rm, policy):
     cfg, block = ctx.recipe.reward, ctx.recipe.model.block_size
     gen = ctx.generator("reward")
@@ -105,6 +113,7 @@ def run(ctx, rm, policy):
                       f"prompts) beside {len(rows)} hand-made; {len(held_own)} held out")
     train = D.pair_tensors(rows + own, ctx.tok, block, ctx.data_name("reward"))
     held = D.pair_tensors(held_rows, ctx.tok, block, ctx.data_name("reward_eval"))
+    weights = draw_weights(len(rows), len(own), cfg.policy_share)
     n_held_own = len(held_own)
     held_own = D.pair_tensors(held_own, ctx.tok, block, "held-out policy pairs") if held_own else None
     engine = ctx.engine(rm, cfg.lr, cfg.weight_decay)
@@ -114,7 +123,7 @@ def run(ctx, rm, policy):
         engine.train()
         lr = lr_at(i, cfg.steps, cfg.lr, cfg.warmup)
         engine.set_lr(lr)
-        ids = ctx.shard(torch.randint(len(train.chosen), (cfg.batch_size,), generator=gen.cpu))
+        ids = ctx.shard(torch.multinomial(weights, cfg.batch_size, replacement=True, generator=gen.cpu))
         c, r = pair_scores(engine, train, ids, ctx.device)
         loss = ranking_loss(c, r)
         engine.backward(loss)

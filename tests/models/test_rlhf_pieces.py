@@ -122,3 +122,10 @@ def test_ppo_check_needs_a_gain_beyond_the_noise():
     for after, passes in ((few, False), (many, True)):
         held = report.heldout(_eval_rows(before, after, before, after))
         assert report.checks({}, {}, held)["ppo_heldout_greedy_acc_rises_beyond_noise"] is passes, held["ppo"]
+
+
+def test_policy_pairs_make_their_share_of_every_batch():
+    from portkit.models.reward import draw_weights
+    w = draw_weights(9000, 1000, 0.5)
+    assert w[:9000].sum().item() == pytest.approx(0.5) and w[9000:].sum().item() == pytest.approx(0.5)
+    assert torch.equal(draw_weights(10, 0, 0.5), torch.ones(10))  # no own pairs: the file's, uniformly
