@@ -125,7 +125,7 @@ class Rejection:
 
 
 @dataclass(kw_only=True, slots=True)
-class Heldout:  # the evaluation of every policy on the held-out prompts (portkit.models.evaluate)
+class Heldout:  # the evaluation of every policy on the held-out prompts (portkit.models.rlhf.evaluate)
     max_new_tokens: int = 12
     batch: int = 256
 

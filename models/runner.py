@@ -191,7 +191,7 @@ def run_stages(run: Run) -> None:
     stage starts from fresh models loaded from that state (frameworks such as ZeRO-3
     leave the trained modules partitioned). PPO and rejection sampling both start from
     the SFT policy: they are alternatives, judged against the same "before"."""
-    from portkit.models import ppo, rejection, reward, sft
+    from portkit.models.rlhf import ppo, rejection, reward, sft
     recipe = run.recipe
     portkit.manual_seed(recipe.seed)
     policy = new_policy(run)
