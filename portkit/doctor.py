@@ -1,7 +1,7 @@
 """`portkit doctor`: explain this machine.
 
 Every registered backend (available, or why not), which one would be selected, the
-installed frameworks (read from package metadata, never imported), every patch with its
+plugins loaded from each entry-point group, the installed frameworks (read from package metadata, never imported), every patch with its
 state, the op table, the plugins' own checks, and the plugins that failed to load.
 `--json` prints the same report as one JSON object for scripts.
 """
@@ -20,7 +20,7 @@ from portkit.backend import Backend
 FRAMEWORKS = {"torch": "torch", "deepspeed": "deepspeed", "colossalai": "colossalai",
               "megatron-core": "megatron.core", "apex": "apex", "triton": "triton",
               "torch-npu": "torch_npu", "torch-mlu": "torch_mlu", "transformers": "transformers"}
-KEYS = ("backends", "selected", "frameworks", "patches", "ops", "checks", "plugin_errors")
+KEYS = ("backends", "selected", "plugins", "frameworks", "patches", "ops", "checks", "plugin_errors")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +42,7 @@ def collect(name: str | None = None) -> dict[str, Any]:
     """The whole report as plain data (JSON-serialisable)."""
     backends = [describe(b) for b in runtime.backends().values()]
     selected, chosen = selection(name)
-    report = {"backends": backends, "selected": selected, "frameworks": frameworks(),
+    report = {"backends": backends, "selected": selected, "plugins": plugin_groups(), "frameworks": frameworks(),
               "patches": patches(), "ops": ops(chosen), "checks": checks(chosen)}
     report["plugin_errors"] = [dataclasses.asdict(e) for e in runtime.plugins().errors]
     return report
@@ -69,6 +69,12 @@ def selection(name: str | None) -> tuple[dict[str, Any], Backend | None]:
     except runtime.BackendError as e:
         return {"name": None, "how": how, "error": str(e)}, None
     return {"name": chosen.name, "how": how, "error": None}, chosen
+
+
+def plugin_groups() -> dict[str, dict[str, str]]:
+    """Entry-point group -> {plugin loaded from it: its distribution}."""
+    p = runtime.plugins()
+    return {group: {name: p.sources[name] for name in names} for group, names in p.groups.items()}
 
 
 def frameworks() -> dict[str, dict[str, Any]]:
@@ -142,7 +148,8 @@ def render(report: dict[str, Any]) -> None:
     sel = report["selected"]
     console.print(f"[bold]selected:[/] {sel['name']} ({sel['how']})" if sel["name"]
                   else f"[bold red]selected: none[/] ({sel['how']}): {sel['error']}")
-    for title, table in (("frameworks", frameworks_table(report["frameworks"])),
+    for title, table in (("plugins", plugins_table(report["plugins"])),
+                         ("frameworks", frameworks_table(report["frameworks"])),
                          ("patches", patches_table(report["patches"])),
                          ("ops", ops_table(report["ops"])),
                          ("checks", checks_table(report["checks"])),
@@ -186,6 +193,13 @@ def details_table(info: dict[str, Any]):
 
 _SHOWN = {"name", "available", "reason", "device_type", "dist_backend", "priority", "visible_devices_env",
           "smi_tool", "smi_found", "device_count", "devices", "versions", "capabilities", "peak_bf16_tflops"}
+
+
+def plugins_table(groups: dict[str, dict[str, str]]):
+    t = _table("plugins", "entry-point group", "plugins (distribution)")
+    for group, found in groups.items():
+        t.add_row(group, ", ".join(f"{name} ({dist})" for name, dist in found.items()) or "-")
+    return t
 
 
 def frameworks_table(found: dict[str, dict[str, Any]]):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import portkit
 from portkit import runtime
-from portkit.plugins import GROUP
+from portkit.plugins import BACKENDS_GROUP
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -72,7 +72,7 @@ def class_name(name: str) -> str:
 
 def taken_names() -> dict[str, str]:
     """Names a new plugin must not use: entry points of the group and registered backends -> owner."""
-    taken = {ep.name: (ep.dist.name if ep.dist else "?") for ep in importlib.metadata.entry_points(group=GROUP)}
+    taken = {ep.name: (ep.dist.name if ep.dist else "?") for ep in importlib.metadata.entry_points(group=BACKENDS_GROUP)}
     for name in runtime.backends():
         taken.setdefault(name, "an installed plugin")
     return taken
