@@ -109,20 +109,15 @@ def patches() -> list[dict[str, Any]]:
 
 
 def ops(backend: Backend | None) -> dict[str, Any]:
-    """The op table on `backend`; {'built': False} when this build has no ops package."""
-    try:
-        import portkit.ops  # noqa: F401  (defines the op references)
-        from portkit.ops import registry
-    except ModuleNotFoundError as e:
-        if not (e.name or "").startswith("portkit.ops"):
-            raise
-        return {"built": False, "table": [], "error": "ops: not built"}
+    """The op table on `backend`, or the error that kept it from being built."""
+    import portkit.ops  # noqa: F401  (defines the op references)
+    from portkit.ops import registry
     if backend is None:
-        return {"built": True, "table": [], "error": "no backend selected"}
+        return {"table": [], "error": "no backend selected"}
     try:
-        return {"built": True, "table": registry.table(backend), "error": None}
+        return {"table": registry.table(backend), "error": None}
     except Exception as e:  # e.g. a plugin's predicate raising: shown in the report
-        return {"built": True, "table": [], "error": f"{type(e).__name__}: {e}"}
+        return {"table": [], "error": f"{type(e).__name__}: {e}"}
 
 
 def checks(backend: Backend | None) -> list[dict[str, Any]]:
@@ -219,8 +214,6 @@ def patches_table(rows: list[dict[str, Any]]):
 
 
 def ops_table(ops_: dict[str, Any]):
-    if not ops_["built"]:
-        return ops_["error"]  # "ops: not built"
     if not ops_["table"]:
         return None if ops_["error"] is None else f"[bold]ops:[/] {ops_['error']}"
     t = _table("ops", "op", "selected", "implementations")

@@ -225,12 +225,6 @@ def test_doctor_reports_impossible_selection_and_exits_zero(fresh_runtime, capsy
     assert "selected: none" in text and "torch_npu is not installed" in text
 
 
-def test_doctor_without_ops_package_says_not_built(fresh_runtime, monkeypatch):
-    monkeypatch.setitem(sys.modules, "portkit.ops", None)  # import portkit.ops now raises ModuleNotFoundError
-    assert doctor.ops(runtime.select("cpu")) == {"built": False, "table": [], "error": "ops: not built"}
-    assert doctor.ops_table(doctor.ops(runtime.select("cpu"))) == "ops: not built"
-
-
 def test_doctor_lists_every_registered_patch(fresh_runtime):
     from portkit import patching
     names = [p["name"] for p in doctor.patches()]
