@@ -18,6 +18,7 @@ import subprocess
 import sys
 from typing import Any, ClassVar
 
+import psutil
 import torch
 
 # What every backend class must define itself (inheriting Backend's value would be a silent
@@ -70,7 +71,11 @@ class Backend:
 
     @property
     def module(self) -> Any:
-        """The torch device module (torch.cuda, torch.npu ...); torch.cpu for the CPU."""
+        """The torch device module (torch.cuda, torch.npu ...); on the CPU, portkit's host
+        stand-in for torch.cuda (portkit.hostdevice), shared by every adapter."""
+        if self.device_type == "cpu":
+            from portkit.hostdevice import host_device
+            return host_device(self)
         return getattr(torch, self.device_type)
 
     def device(self, index: int | None = None) -> torch.device:
@@ -89,10 +94,11 @@ class Backend:
         return self.module.device_count() if self.device_type != "cpu" else 1
 
     def device_name(self, index: int = 0) -> str:
-        return self.module.get_device_name(index)
+        return self.module.get_device_name(index) if self.device_type != "cpu" else "host CPU"
 
     def synchronize(self) -> None:
-        self.module.synchronize()
+        if self.device_type != "cpu":
+            self.module.synchronize()
 
     def manual_seed(self, seed: int) -> None:
         torch.manual_seed(seed)
@@ -101,13 +107,17 @@ class Backend:
 
     def memory_stats(self, index: int | None = None) -> dict[str, int]:
         """Bytes: allocated, peak_allocated, reserved, total."""
+        if self.device_type == "cpu":  # no allocator counters: this process's resident memory
+            rss = psutil.Process().memory_info().rss
+            return {"allocated": rss, "peak_allocated": rss, "reserved": rss, "total": psutil.virtual_memory().total}
         i = self.current_device() if index is None else index
         m = self.module
         return {"allocated": m.memory_allocated(i), "peak_allocated": m.max_memory_allocated(i),
                 "reserved": m.memory_reserved(i), "total": m.get_device_properties(i).total_memory}
 
     def reset_peak_memory(self) -> None:
-        self.module.reset_peak_memory_stats()
+        if self.device_type != "cpu":
+            self.module.reset_peak_memory_stats()
 
     def capabilities(self) -> Capabilities:
         return Capabilities(bf16=True, fp16=True, triton=self.device_type in ("cuda", "xpu") and has_module("triton"))

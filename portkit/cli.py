@@ -12,6 +12,7 @@ COMMANDS = {  # name -> (module, one-line help)
     "compare": ("portkit.models.compare", "compare two runs of the same recipe step by step, with a verdict"),
     "bench": ("portkit.bench.cli", "benchmark fused ops or training against native PyTorch on this device"),
     "tune": ("portkit.tuning.cli", "plan, apply, verify, roll back and export OS/TCP/communication tuning"),
+    "exec": ("portkit.exec", "run your own CUDA training script unchanged on the active backend"),
     "launch": ("portkit.launch", "launch a recipe over several processes or nodes through torchrun"),
     "plan": ("portkit.plan.cli", "plan parallel layouts and training time of a GPT on a cluster"),
     "new-backend": ("portkit.scaffold.cli", "scaffold an installable backend plugin package"),
