@@ -228,14 +228,9 @@ class ExtensionBackend(Backend):
         from portkit.backends.cpu import CPUBackend  # the host; imported here since it imports this module
         host = CPUBackend()
         facts = f"{self.device_type}/{self.dist_backend}"
-        vars(self).update(STAND_IN, host=host)
+        vars(self).update(STAND_IN)  # device type 'cpu': `module` is the host device (portkit.hostdevice)
         vars(self).update({call: getattr(host, call) for call in HOST_CALLS})
         self.versions = lambda: {**host.versions(), "mode": f"CPU stand-in for {facts} (hardware_ready = False)"}
-
-    @property
-    def module(self) -> Any:
-        host = vars(self).get("host")
-        return host.module if host is not None else getattr(torch, self.device_type)
 
     def probe(self):
         reason = self.extension_reason()
