@@ -13,8 +13,8 @@ import shutil
 
 import torch
 
-from portkit.backend import Backend, Capabilities
-from portkit.backends._common import NCCL_SAFE_ENV, has_module, search, smi_text
+from portkit.backend import Backend, Capabilities, has_module, search, smi_text
+from portkit.backends._common import NCCL_SAFE_ENV
 from portkit.hookspecs import hookimpl
 
 HYHAL_DIR = "/opt/hyhal"          # mounted into DCU containers; holds bin/hy-smi
