@@ -16,6 +16,7 @@ COMMANDS = {  # name -> (module, one-line help)
     "plan": ("portkit.plan", "plan parallel layouts and training time of a GPT on a cluster"),
     "new-backend": ("portkit.vendorkit", "scaffold an installable backend plugin package"),
     "conformance": ("portkit.conformance", "certify an installed backend: contract, ops, collectives, frameworks"),
+    "kernels": ("portkit.kernels", "compile every portkit Triton kernel for CUDA, ROCm and DCU targets, no GPU needed"),
 }
 
 

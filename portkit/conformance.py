@@ -11,6 +11,8 @@ Groups, in order (each a function of the run context returning a list of Checks)
   recipe       a few steps of the tiny recipe through `portkit run --backend NAME`
   checkpoint   model + optimizer state saved on the device by the recipe's atomic helper,
                loaded back with weights_only=True and compared
+  kernels      every portkit Triton kernel compiled for CUDA and ROCm targets and the device's
+               own architecture, with registers, spills, shared memory and occupancy
 A group whose piece of portkit is not installed fails with "missing: <what>", never passes.
 """
 from __future__ import annotations
@@ -32,14 +34,15 @@ GroupFn = Callable[[Context], list[Check]]
 
 
 def _groups() -> dict[str, GroupFn]:
-    from portkit import _conformance_contract, _conformance_ops, _conformance_procs, _conformance_train
+    from portkit import (_conformance_contract, _conformance_kernels, _conformance_ops, _conformance_procs,
+                         _conformance_train)
     return {"contract": _conformance_contract.run, "ops": _conformance_ops.run,
             "collectives": _conformance_procs.collectives, "deepspeed": _conformance_procs.deepspeed,
             "colossalai": _conformance_procs.colossalai, "recipe": _conformance_train.recipe,
-            "checkpoint": _conformance_train.checkpoint}
+            "checkpoint": _conformance_train.checkpoint, "kernels": _conformance_kernels.run}
 
 
-GROUP_NAMES = ("contract", "ops", "collectives", "deepspeed", "colossalai", "recipe", "checkpoint")
+GROUP_NAMES = ("contract", "ops", "collectives", "deepspeed", "colossalai", "recipe", "checkpoint", "kernels")
 
 
 @dataclasses.dataclass

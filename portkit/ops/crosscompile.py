@@ -186,7 +186,7 @@ def launches(target: Target, cases=None) -> list[Launch]:
 # -- compiling one launch ------------------------------------------------------------------
 @dataclass
 class Result:
-    kernel: str
+    kernel: str                  # "op shape: kernel function"
     target: str
     status: str                  # compiled | failed | unverified
     error: str = ""
@@ -196,6 +196,7 @@ class Result:
     smem: int | None = None      # shared memory / LDS bytes per block
     occupancy: dict = field(default_factory=dict)
     detail: dict = field(default_factory=dict)
+    op: str = ""                 # the registry op whose launcher launched it
 
 
 _cache: dict[tuple, Result] = {}
@@ -207,6 +208,7 @@ def compile_launch(launch: Launch, target: Target) -> Result:
     key = (launch.name, target.name, repr(sorted(src.constants.items())), repr(src.attrs), repr(options))
     if key not in _cache:
         _cache[key] = _compile(launch.name, src, options, target)
+        _cache[key].op = launch.op
     return _cache[key]
 
 
@@ -318,17 +320,31 @@ def occupancy(lim: Limits, warps: int, regs: int, smem: int) -> dict:
 
 
 # -- the whole check -----------------------------------------------------------------------
+def target(name: str) -> Target:
+    """A known target, or an AMD one named by its gfx architecture (CDNA limits assumed)."""
+    found = TARGETS.get(name) or DCU_TARGETS.get(name)
+    if found is None and name.startswith("gfx"):
+        found = Target(name, "hip", name, "AMD GPU", Limits(**{**asdict(AMD_CDNA), "sms": 64}))
+    if found is None:
+        raise ValueError(f"unknown target {name!r}; known: {', '.join([*TARGETS, *DCU_TARGETS])}")
+    return found
+
+
 def check(targets: list[str] | None = None, cases=None) -> list[Result]:
     """One Result per kernel launch and target; DCU targets upstream Triton cannot compile
     for come back as one `unverified` row each."""
+    from portkit.ops._triton_utils import interpreting
+    if interpreting():
+        raise RuntimeError("the cross-compile check needs Triton's compiler, and TRITON_INTERPRET=1 replaces it "
+                           "with the interpreter; unset TRITON_INTERPRET")
     results = []
     for name in targets or list(TARGETS):
-        target = TARGETS.get(name) or DCU_TARGETS[name]
-        reason = dcu_unsupported(target) if name in DCU_TARGETS else None
+        target_ = target(name)
+        reason = dcu_unsupported(target_) if name in DCU_TARGETS else None
         if reason:
             results.append(Result("(every kernel)", name, UNVERIFIED, reason))
             continue
-        results += [compile_launch(launch, target) for launch in launches(target, cases)]
+        results += [compile_launch(launch, target_) for launch in launches(target_, cases)]
     return results
 
 
@@ -355,7 +371,8 @@ def dcu_unsupported(target: Target) -> str | None:
         import triton
         from triton.compiler import ASTSource
         result = _compile(target.name, ASTSource(_probe_kernel(), {"X": "*fp32"}, {}), {"num_warps": 4}, target)
-        first = result.error.splitlines()[-1] if result.error else ""
+        first = next((ln.split("error: ", 1)[1] for ln in result.error.splitlines() if "error: " in ln),
+                     result.error.split("\n")[0])
         _probe_cache[target.name] = None if result.status == OK else (
             f"unverified: triton {triton.__version__} (upstream) cannot compile for {target.name} "
             f"({first[:160]}); verify with {DCU_VERIFIER}: `portkit kernels --target {target.name}`")
