@@ -109,8 +109,8 @@ def test_cli_rejects_an_unknown_target(capsys):
 
 
 def test_conformance_group(results, fresh_runtime):
-    from portkit import _conformance_kernels
-    from portkit._conformance_common import Context
+    from portkit.conformance import kernels as _conformance_kernels
+    from portkit.conformance.common import Context
 
     class TritonDcu:  # a backend that runs Triton on a gfx928 DCU, as far as the group asks
         name = "dcu-sim"
