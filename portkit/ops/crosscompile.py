@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from portkit.ops import plugin
+from portkit.ops import builtin
 
 OK, FAILED, UNVERIFIED = "compiled", "failed", "unverified"
 
@@ -153,7 +153,7 @@ def launcher(op: str | Callable) -> Callable:
     """The Triton launcher the op plugin registers for a registry op (or `op` itself, a launcher)."""
     if callable(op):
         return op
-    module, function = plugin.TABLE[op]
+    module, function = builtin.TABLE[op]
     return getattr(importlib.import_module(f"portkit.ops.{module}"), function)
 
 

@@ -11,7 +11,7 @@ import triton.language as tl
 
 from portkit import cli
 from portkit.ops import crosscompile as cc
-from portkit.ops import plugin
+from portkit.ops import builtin
 from portkit.ops._op import launchable
 
 TARGETS = list(cc.TARGETS)
@@ -30,7 +30,7 @@ def test_every_kernel_compiles_for(results, target):
     mine = [r for r in results if r.target == target]
     failed = "\n\n".join(f"{r.kernel}:\n{r.error}" for r in cc.failures(mine))
     assert not failed, f"portkit kernels that do not compile for {target}:\n{failed}"
-    assert {r.op for r in mine} == set(plugin.TABLE), "a registered op has no kernel launch in the check"
+    assert {r.op for r in mine} == set(builtin.TABLE), "a registered op has no kernel launch in the check"
 
 
 def test_resources_and_occupancy_are_read_from_the_binaries(results):
