@@ -18,6 +18,7 @@ COMMANDS = {  # name -> (module, one-line help)
     "new-backend": ("portkit.scaffold.cli", "scaffold an installable backend plugin package"),
     "conformance": ("portkit.conformance.cli", "certify an installed backend: contract, ops, collectives, frameworks"),
     "scan": ("portkit.scan", "report which CUDA-specific uses of a code base portkit adapts and which need work"),
+    "kernels": ("portkit.kernels", "compile every portkit Triton kernel for CUDA, ROCm and DCU targets, no GPU needed"),
 }
 
 

@@ -20,7 +20,7 @@ from portkit.backend import Backend
 FRAMEWORKS = {"torch": "torch", "deepspeed": "deepspeed", "colossalai": "colossalai",
               "megatron-core": "megatron.core", "apex": "apex", "triton": "triton",
               "torch-npu": "torch_npu", "torch-mlu": "torch_mlu", "transformers": "transformers"}
-KEYS = ("backends", "selected", "plugins", "frameworks", "patches", "ops", "checks", "plugin_errors")
+KEYS = ("backends", "selected", "plugins", "frameworks", "patches", "ops", "checks", "plugin_errors", "readiness")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +45,20 @@ def collect(name: str | None = None) -> dict[str, Any]:
     report = {"backends": backends, "selected": selected, "plugins": plugin_groups(), "frameworks": frameworks(),
               "patches": patches(), "ops": ops(chosen), "checks": checks(chosen)}
     report["plugin_errors"] = [dataclasses.asdict(e) for e in runtime.plugins().errors]
+    report["readiness"] = readiness(chosen)
     return report
+
+
+def readiness(backend: Backend | None) -> dict[str, list[dict[str, Any]]]:
+    """The selected backend's own readiness report (section -> rows), where it offers one
+    (a `readiness()` method, e.g. ROCm/DCU); empty elsewhere."""
+    fn = getattr(backend, "readiness", None)
+    if fn is None:
+        return {}
+    try:
+        return fn()
+    except Exception as e:  # a report that fails is shown, never fatal
+        return {"readiness": [{"error": f"readiness() raised {type(e).__name__}: {e}"}]}
 
 
 def describe(backend: Backend) -> dict[str, Any]:
@@ -150,6 +163,16 @@ def render(report: dict[str, Any]) -> None:
                          ("checks", checks_table(report["checks"])),
                          ("plugin errors", errors_table(report["plugin_errors"]))):
         console.print(table if table is not None else f"[bold]{title}:[/] none")
+    for title, rows in report.get("readiness", {}).items():
+        console.print(rows_table(f"readiness: {title}", rows))
+
+
+def rows_table(title: str, rows: list[dict[str, Any]]):
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    t = _table(title, *columns)
+    for r in rows:
+        t.add_row(*[str(r.get(c, "")) for c in columns])
+    return t
 
 
 def _table(title: str, *columns: str):

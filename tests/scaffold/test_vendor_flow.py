@@ -73,7 +73,7 @@ def test_scaffolded_backend_passes_every_group(installed, tmp_path):
     rc, report = conformance(installed, tmp_path / "acme.json")
     assert failures(report) == {} and rc == 0
     assert list(report["groups"]) == ["contract", "ops", "collectives", "deepspeed", "colossalai", "recipe",
-                                      "checkpoint"]
+                                      "checkpoint", "kernels"]
     ops = [c["name"] for c in report["groups"]["ops"]["checks"]]
     assert "rms_norm_fwd [acme.rms_norm_fwd]" in ops  # the scaffold's example kernel was certified
 
