@@ -11,6 +11,8 @@ Groups, in order (each a function of the run context returning a list of Checks)
   recipe       a few steps of the tiny recipe through `portkit run --backend NAME`
   checkpoint   model + optimizer state saved on the device by the recipe's atomic helper,
                loaded back with weights_only=True and compared
+  kernels      every portkit Triton kernel compiled for CUDA and ROCm targets and the device's
+               own architecture, with registers, spills, shared memory and occupancy
 A group whose piece of portkit is not installed fails with "missing: <what>", never passes.
 """
 from __future__ import annotations
@@ -32,14 +34,14 @@ GroupFn = Callable[[Context], list[Check]]
 
 
 def _groups() -> dict[str, GroupFn]:
-    from portkit.conformance import contract, multiprocess, ops, train
+    from portkit.conformance import contract, kernels, multiprocess, ops, train
     return {"contract": contract.run, "ops": ops.run,
             "collectives": multiprocess.collectives, "deepspeed": multiprocess.deepspeed,
             "colossalai": multiprocess.colossalai, "recipe": train.recipe,
-            "checkpoint": train.checkpoint}
+            "checkpoint": train.checkpoint, "kernels": kernels.run}
 
 
-GROUP_NAMES = ("contract", "ops", "collectives", "deepspeed", "colossalai", "recipe", "checkpoint")
+GROUP_NAMES = ("contract", "ops", "collectives", "deepspeed", "colossalai", "recipe", "checkpoint", "kernels")
 
 
 @dataclasses.dataclass
