@@ -10,11 +10,15 @@ Files (schema in portkit.models.data):
     prompts.jsonl      {"prompt"}                         for PPO and rejection sampling
 The preference is verifiable: a response is right iff it equals solve(prompt).
 
-The demonstrations are of mixed quality, as InstructGPT's were: on the long prompts (SLIP_LEN
-items or more) a share SLIP_SHARE of the answers has a slip, the last character replaced by its
-successor (`slip`), the kind of single-character substitution a small policy makes. Imitation
-learns the mixture, so the SFT policy's greedy answer to a long prompt is the slip; preferences
-between its own samples, labelled by the rule, can teach it what imitation could not.
+The demonstrations are of mixed quality, as InstructGPT's were: on the long prompts (STUTTER_LEN
+items or more) a share STUTTER_SHARE of the answers stutters, the last character repeated
+(`stutter`: dcba -> dcbaa), the repetition language models are known for. Imitation learns the
+mixture, so the SFT policy's greedy answer to a long prompt stutters; preferences between its
+own samples, labelled by the rule, can teach it what imitation could not. No right answer has
+two equal neighbouring characters (sort's items are distinct, reverse/upper's letters differ
+from their neighbours), so a stutter is a mistake a reward model can see locally, at the end
+of the answer. (A mistake seen only by recomputing the answer, such as the last character
+replaced by its successor, left a small reward model at chance on the policy's own pairs.)
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from pathlib import Path
 TASKS = ("reverse", "sort", "upper")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 SIZES = {"sft": 4000, "reward": 8000, "reward_eval": 1200, "prompts": 4000}
-SLIP_LEN, SLIP_SHARE = 5, 0.7   # 35% of all demonstrations are wrong (half the prompts are long)
+STUTTER_LEN, STUTTER_SHARE = 5, 0.6   # 30% of all demonstrations are wrong (half the prompts are long)
 
 
 def solve(prompt: str) -> str | None:
@@ -43,25 +47,24 @@ def solve(prompt: str) -> str | None:
 
 def make_prompt(rng: random.Random) -> str:
     task, n = rng.choice(TASKS), rng.randint(3, 6)
-    if task == "sort":
-        return "sort: " + " ".join(str(rng.randint(0, 9)) for _ in range(n))
-    return f"{task}: " + "".join(rng.choice(LETTERS) for _ in range(n))
+    if task == "sort":  # distinct digits
+        return "sort: " + " ".join(str(d) for d in rng.sample(range(10), n))
+    letters = [rng.choice(LETTERS)]
+    while len(letters) < n:  # no two equal neighbours
+        letters.append(rng.choice(LETTERS.replace(letters[-1], "")))
+    return f"{task}: " + "".join(letters)
 
 
-def slip(answer: str) -> str:
-    """The answer with its last character replaced by its successor (z -> a, Z -> A, 9 -> 0)."""
-    last = answer[-1]
-    for alphabet in (LETTERS, LETTERS.upper(), "0123456789"):
-        if last in alphabet:
-            return answer[:-1] + alphabet[(alphabet.index(last) + 1) % len(alphabet)]
-    raise ValueError(f"no successor for {last!r}")
+def stutter(answer: str) -> str:
+    """The answer with its last character repeated."""
+    return answer + answer[-1]
 
 
 def demonstrate(prompt: str, rng: random.Random) -> str:
-    """A demonstrator's answer: right, or on a long prompt a slip with probability SLIP_SHARE."""
+    """A demonstrator's answer: right, or on a long prompt a stutter with probability STUTTER_SHARE."""
     right = solve(prompt)
-    long = len(prompt.partition(": ")[2].replace(" ", "")) >= SLIP_LEN
-    return slip(right) if long and rng.random() < SLIP_SHARE else right
+    long = len(prompt.partition(": ")[2].replace(" ", "")) >= STUTTER_LEN
+    return stutter(right) if long and rng.random() < STUTTER_SHARE else right
 
 
 def corrupt(prompt: str, rng: random.Random) -> str:
