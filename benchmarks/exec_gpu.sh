@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a CUDA machine: each single-GPU-capable script of tests/exec/scripts run natively and
+# On a CUDA machine: each single-GPU-capable script of portkit/conformance/scripts run natively and
 # through `portkit exec` (backend cuda); prints both JSON loss lines. They must be equal:
 # on CUDA the adaptation leaves torch.cuda native. Frameworks that are not installed are
 # skipped with a line saying so (carry their wheels to test them).
@@ -7,7 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-S=tests/exec/scripts
+S=portkit/conformance/scripts
 has() { "$PY" -c "import $1" 2>/dev/null; }
 both() {  # name, then the command after the interpreter
   local name=$1; shift
