@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from portkit.conformance.cli import GROUP_NAMES
+
 NAME = "acme"
 FAST_GROUPS = "contract,ops,collectives,checkpoint"  # every group that a broken plugin could affect cheaply
 
@@ -73,7 +75,7 @@ def test_scaffolded_backend_passes_every_group(installed, tmp_path):
     rc, report = conformance(installed, tmp_path / "acme.json")
     assert failures(report) == {} and rc == 0
     assert list(report["groups"]) == ["contract", "ops", "collectives", "deepspeed", "colossalai", "recipe",
-                                      "checkpoint", "kernels"]
+                                      "checkpoint", "unchanged", "kernels"]
     ops = [c["name"] for c in report["groups"]["ops"]["checks"]]
     assert "rms_norm_fwd [acme.rms_norm_fwd]" in ops  # the scaffold's example kernel was certified
 
@@ -110,7 +112,9 @@ def test_wrong_op_fails_only_the_ops_group(tmp_path):
 
 
 def test_builtin_cpu_passes(tmp_path):
-    rc, report = conformance(None, tmp_path / "cpu.json", backend="cpu")
+    """Every group but `unchanged`, which tests/conformance/test_unchanged_group.py runs on cpu."""
+    groups = ",".join(g for g in GROUP_NAMES if g != "unchanged")
+    rc, report = conformance(None, tmp_path / "cpu.json", backend="cpu", groups=groups)
     assert failures(report) == {} and rc == 0
 
 

@@ -37,12 +37,13 @@ def init_weights(weight):
         weight.copy_(torch.randn(weight.shape, generator=g) * 0.02)
 
 
-def model_provider():
+def model_provider(pre_process=True, post_process=True):
     config = TransformerConfig(num_layers=2, hidden_size=32, num_attention_heads=4, use_cpu_initialization=True,
                                pipeline_dtype=torch.float32, hidden_dropout=0.0, attention_dropout=0.0,
                                init_method=init_weights, output_layer_init_method=init_weights)
     return GPTModel(config=config, transformer_layer_spec=get_gpt_layer_local_spec(), vocab_size=VOCAB,
-                    max_sequence_length=SEQ, share_embeddings_and_output_weights=False)
+                    max_sequence_length=SEQ, pre_process=pre_process, post_process=post_process,
+                    share_embeddings_and_output_weights=False)
 
 
 def get_train_data_iterator():
@@ -76,7 +77,9 @@ def main():
 
     initialize_distributed(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp)
     model_parallel_cuda_manual_seed(123)
-    gpt_model = model_provider()
+    # each pipeline stage holds the embedding only if first and the output layer only if last
+    gpt_model = model_provider(pre_process=parallel_state.is_pipeline_first_stage(),
+                               post_process=parallel_state.is_pipeline_last_stage())
     gpt_model.cuda()
     optim = Adam(gpt_model.parameters(), lr=1e-3)
     train_iterator = get_train_data_iterator()
