@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from portkit.backend import Backend, Capabilities
-from portkit.backends._common import NCCL_SAFE_ENV, has_module, search, smi_text
+from portkit.backend import Backend, Capabilities, has_module, search, smi_text
+from portkit.backends._common import NCCL_SAFE_ENV
 from portkit.hookspecs import hookimpl
 
 

@@ -1,7 +1,7 @@
 """Cambricon MLU: device 'mlu' (added by torch_mlu), CNCL, cnmon."""
 from __future__ import annotations
 
-from portkit.backends._common import ExtensionBackend
+from portkit.backend import ExtensionBackend
 from portkit.hookspecs import hookimpl
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from portkit.backends._common import ExtensionBackend
+from portkit.backend import ExtensionBackend
 from portkit.hookspecs import hookimpl
 
 

@@ -13,12 +13,13 @@ import shutil
 
 import torch
 
-from portkit.backend import Backend, Capabilities
-from portkit.backends._common import NCCL_SAFE_ENV, has_module, search, smi_text
+from portkit.backend import Backend, Capabilities, has_module, search, smi_text
+from portkit.backends._common import NCCL_SAFE_ENV
 from portkit.hookspecs import hookimpl
 
 HYHAL_DIR = "/opt/hyhal"          # mounted into DCU containers; holds bin/hy-smi
 DTK_GLOB = "/opt/dtk*"            # /opt/dtk or /opt/dtk-VERSION
+SYSTEM_ROOT = "/"                 # where /proc is read for the readiness report (tests: a simulated tree)
 DCU_MODELS = ("Z100", "K100", "BW1000")  # "K100" also matches K100-AI and K100_AI
 FP8_ARCHS = ("gfx942", "gfx950")             # MI300 / MI350 series
 FLASH_ARCHS = ("gfx90a", "gfx942", "gfx950")  # ROCm flash-attention (CK) targets MI200 / MI300 / MI350
@@ -137,6 +138,11 @@ class ROCmBackend(Backend):
                 info["smi_products"] = self.products()
                 info["smi_devices"] = parse_hy_smi_table(smi_text(self))  # empty from rocm-smi
         return info
+
+    def readiness(self) -> dict:
+        """`portkit doctor`'s readiness section: DTK, hy-smi, RCCL settings, kernels, op fallbacks."""
+        from portkit.backends import _rocm_readiness
+        return _rocm_readiness.report(self, SYSTEM_ROOT)
 
     def products(self) -> list[str]:
         """Card series per device as the SMI tool reports them (e.g. K100_AI)."""

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 from packaging.version import Version
 
-from portkit.backend import Backend, Capabilities
-from portkit.backends._common import has_module
+from portkit.backend import Backend, Capabilities, has_module
 from portkit.hookspecs import hookimpl
 
 XCCL_SINCE = Version("2.8")  # torch.distributed gained the native 'xccl' backend in torch 2.8

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a CUDA machine: each single-GPU-capable script of tests/exec/scripts run natively and
+# On a CUDA machine: each single-GPU-capable script of portkit/conformance/scripts run natively and
 # through `portkit exec` (backend cuda); prints both JSON loss lines. They must be equal:
 # on CUDA the adaptation leaves torch.cuda native. Frameworks that are not installed are
 # skipped with a line saying so (carry their wheels to test them).
@@ -7,7 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-S=tests/exec/scripts
+S=portkit/conformance/scripts
 has() { "$PY" -c "import $1" 2>/dev/null; }
 both() {  # name, then the command after the interpreter
   local name=$1; shift
@@ -16,20 +16,27 @@ both() {  # name, then the command after the interpreter
   echo -n "portkit: "; "$PY" -m portkit.cli exec --backend cuda -- "$@" 2>/tmp/exec_gpu_portkit.err | grep '^{' \
     || tail -3 /tmp/exec_gpu_portkit.err
 }
+launched() {  # name, script, args: one process through torchrun, natively and through portkit launch
+  local name=$1 script=$2; shift 2
+  echo "== $name"
+  echo -n "native:  "; "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 $S/$script "$@" 2>/dev/null \
+    | grep '^{' || echo "(failed)"
+  echo -n "portkit: "; "$PY" -m portkit.cli launch --backend cuda --nproc-per-node 1 -- $S/$script "$@" 2>/dev/null \
+    | grep '^{' || echo "(failed)"
+}
 both "nanoGPT train.py (bf16 autocast)" $S/train.py
 both "nanoGPT train.py (fp16 + GradScaler)" $S/train.py --dtype=float16
 both "nanoGPT train.py DDP x1 (nccl)" -m torch.distributed.run --standalone --nproc-per-node 1 $S/train.py
+skipped() { echo "== $1: skipped ($1 is not installed; carry its wheel)"; }
 if has deepspeed; then
   for stage in 2 3; do
-    echo "== DeepSpeed ZeRO-$stage (1 GPU)"
-    echo -n "native:  "; "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 $S/ds_train.py \
-      --deepspeed_config $S/ds_config_zero$stage.json 2>/dev/null | grep '^{'
-    echo -n "portkit: "; "$PY" -m portkit.cli launch --backend cuda --nproc-per-node 1 -- $S/ds_train.py \
-      --deepspeed_config $S/ds_config_zero$stage.json 2>/dev/null | grep '^{'
+    launched "DeepSpeed ZeRO-$stage (1 GPU)" ds_train.py --deepspeed_config $S/ds_config_zero$stage.json
   done
-else
-  echo "== DeepSpeed: skipped (deepspeed is not installed; carry its wheel)"
-fi
+else skipped deepspeed; fi
+if has colossalai; then launched "Colossal-AI Booster TorchDDPPlugin (1 GPU)" colo_train.py --plugin torch_ddp
+else skipped colossalai; fi
+if has megatron.core; then launched "Megatron-core GPT TP=1 PP=1 (1 GPU)" mcore_gpt.py --tp 1 --pp 1
+else skipped megatron.core; fi
 if has apex; then
   both "apex fused modules (NVIDIA apex)" $S/apex_train.py
 else

@@ -10,7 +10,7 @@ WHEEL=${1:?give the megatron_core 0.19.x wheel}
 VENV=${VENV:-/tmp/portkit-megatron019}
 python3 -m venv --system-site-packages "$VENV"
 "$VENV/bin/pip" install -q --no-deps "$WHEEL"
-"$VENV/bin/pip" install -q --no-deps -e . -e tests/plugin_pkg
+"$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . -e tests/plugin_pkg  # no network there
 "$VENV/bin/python" -c "import megatron.core, sys; print('megatron-core', megatron.core.__version__, 'python', sys.version.split()[0])"
 echo "== CPU over gloo (as CI)"
 PORTKIT_BACKEND=cpu "$VENV/bin/python" -m pytest -q tests/patches/test_megatron_patches.py tests/patches/test_megatron_tp.py

@@ -181,19 +181,26 @@ class GPT(nn.Module):
             x = block(x, rope, mask, None if cache is None else cache[i])
         return self.ln_f(x)
 
-    def forward(self, idx, targets=None, valid=None, reduction="mean", cache=None, start=0):
+    def forward(self, idx, targets=None, valid=None, reduction="mean", cache=None, start=0, temperature=1.0,
+                top_k=0):
         """lm head: the loss of predicting `targets` (B, T) (-100 = ignored), or with
         reduction="none" the per-token negative log-likelihood (B, T); without targets the
-        next-token logits (B, V) of the last position only. Scalar head: (B, T)."""
+        next-token logits (B, V) of the last position only. Scalar head: (B, T).
+        temperature, top_k: the loss under the distribution `generate` samples from with them."""
         h = self.trunk(idx, valid, cache, start)
         if self.head == "scalar":
             return self.score(h).squeeze(-1)
         if targets is None:
             return self.logits(h[:, -1])
-        loss = ops.linear_cross_entropy(h.flatten(0, 1), self.wte.weight, targets.flatten(), reduction=reduction)
+        if top_k:  # the filter needs every logit: built here only, never in plain training
+            logits = _keep_top_k(self.logits(h) / temperature, top_k)  # (B, T, V)
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction)
+        else:  # logits / temperature = (h / temperature) @ wte^T: the fused loss never builds them
+            loss = ops.linear_cross_entropy(h.flatten(0, 1) / temperature, self.wte.weight, targets.flatten(),
+                                            reduction=reduction)
         return loss.view(targets.shape) if reduction == "none" else loss
 
-    def logits(self, h):  # (B, C) -> (B, V): only ever for the last position
+    def logits(self, h):  # (..., C) -> (..., V)
         return F.linear(h, self.wte.weight).float()
 
     @torch.no_grad()
@@ -234,13 +241,20 @@ def _sample(logits, temperature, top_k, generator):
         return logits.argmax(-1)
     logits = logits / temperature
     if top_k:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits = _keep_top_k(logits, top_k)
     return torch.multinomial(F.softmax(logits, -1), 1, generator=generator).squeeze(-1)
 
 
-def sequence_logprobs(model, idx, valid, n_prompt):
-    """Log-probabilities (B, T - n_prompt) of the tokens after the prompt, under `model`."""
+def _keep_top_k(logits, k):
+    """-inf on all but the k largest logits of the last dimension."""
+    kth = torch.topk(logits, min(k, logits.shape[-1])).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def sequence_logprobs(model, idx, valid, n_prompt, temperature=1.0, top_k=0):
+    """Log-probabilities (B, T - n_prompt) of the tokens after the prompt, under `model` as
+    `generate` samples with `temperature` and `top_k` (a token outside the top k: -inf)."""
     targets = idx[:, 1:].masked_fill(~valid[:, 1:], -100)
-    nll = model(idx[:, :-1], targets, valid[:, :-1], reduction="none")  # (B, T-1)
+    nll = model(idx[:, :-1], targets, valid[:, :-1], reduction="none", temperature=temperature,
+                top_k=top_k)  # (B, T-1)
     return -nll[:, n_prompt - 1:]

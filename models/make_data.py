@@ -3,11 +3,22 @@
 Three small instruction tasks whose answers a rule can check (`solve`):
     reverse: abcd  -> dcba        sort: 3 1 2 -> 1 2 3        upper: abcd -> ABCD
 Files (schema in portkit.models.data):
-    sft.jsonl          {"prompt", "response"}             correct answers
-    reward.jsonl       {"prompt", "chosen", "rejected"}   chosen = correct, rejected = a typical mistake
-    reward_eval.jsonl  the same, on prompts held out from every other file (reward-model accuracy)
+    sft.jsonl          {"prompt", "response"}             demonstrations of mixed quality (below)
+    reward.jsonl       {"prompt", "chosen", "rejected"}   chosen = correct, rejected = a hand-made mistake
+    reward_eval.jsonl  the same, on prompts held out from every other file: the reward model's
+                       hand-made accuracy, and the prompts every policy is evaluated on
     prompts.jsonl      {"prompt"}                         for PPO and rejection sampling
 The preference is verifiable: a response is right iff it equals solve(prompt).
+
+The demonstrations are of mixed quality, as InstructGPT's were: on the long prompts (STUTTER_LEN
+items or more) a share STUTTER_SHARE of the answers stutters, the last character repeated
+(`stutter`: dcba -> dcbaa), the repetition language models are known for. Imitation learns the
+mixture, so the SFT policy's greedy answer to a long prompt stutters; preferences between its
+own samples, labelled by the rule, can teach it what imitation could not. No right answer has
+two equal neighbouring characters (sort's items are distinct, reverse/upper's letters differ
+from their neighbours), so a stutter is a mistake a reward model can see locally, at the end
+of the answer. (A mistake seen only by recomputing the answer, such as the last character
+replaced by its successor, left a small reward model at chance on the policy's own pairs.)
 """
 from __future__ import annotations
 
@@ -18,7 +29,8 @@ from pathlib import Path
 
 TASKS = ("reverse", "sort", "upper")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
-SIZES = {"sft": 3000, "reward": 16000, "reward_eval": 300, "prompts": 500}
+SIZES = {"sft": 4000, "reward": 8000, "reward_eval": 1200, "prompts": 4000}
+STUTTER_LEN, STUTTER_SHARE = 5, 0.6   # 30% of all demonstrations are wrong (half the prompts are long)
 
 
 def solve(prompt: str) -> str | None:
@@ -35,9 +47,24 @@ def solve(prompt: str) -> str | None:
 
 def make_prompt(rng: random.Random) -> str:
     task, n = rng.choice(TASKS), rng.randint(3, 6)
-    if task == "sort":
-        return "sort: " + " ".join(str(rng.randint(0, 9)) for _ in range(n))
-    return f"{task}: " + "".join(rng.choice(LETTERS) for _ in range(n))
+    if task == "sort":  # distinct digits
+        return "sort: " + " ".join(str(d) for d in rng.sample(range(10), n))
+    letters = [rng.choice(LETTERS)]
+    while len(letters) < n:  # no two equal neighbours
+        letters.append(rng.choice(LETTERS.replace(letters[-1], "")))
+    return f"{task}: " + "".join(letters)
+
+
+def stutter(answer: str) -> str:
+    """The answer with its last character repeated."""
+    return answer + answer[-1]
+
+
+def demonstrate(prompt: str, rng: random.Random) -> str:
+    """A demonstrator's answer: right, or on a long prompt a stutter with probability STUTTER_SHARE."""
+    right = solve(prompt)
+    long = len(prompt.partition(": ")[2].replace(" ", "")) >= STUTTER_LEN
+    return stutter(right) if long and rng.random() < STUTTER_SHARE else right
 
 
 def corrupt(prompt: str, rng: random.Random) -> str:
@@ -82,10 +109,13 @@ def generate(seed: int = 0) -> dict[str, list[dict]]:
             pass
         return p
 
-    out = {"sft": [{"prompt": p, "response": solve(p)} for p in (fresh() for _ in range(SIZES["sft"]))]}
+    out = {"sft": [{"prompt": p, "response": demonstrate(p, rng)} for p in (fresh() for _ in range(SIZES["sft"]))]}
     out["reward"] = [_pair(fresh(), rng) for _ in range(SIZES["reward"])]
     out["reward_eval"] = [_pair(p, rng) for p in eval_prompts]
-    out["prompts"] = [{"prompt": fresh()} for _ in range(SIZES["prompts"])]
+    ppo: dict[str, None] = {}  # distinct, in the order drawn
+    while len(ppo) < SIZES["prompts"]:
+        ppo[fresh()] = None
+    out["prompts"] = [{"prompt": p} for p in ppo]
     return out
 
 

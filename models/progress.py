@@ -6,7 +6,7 @@ import sys
 import time
 from contextlib import contextmanager
 
-SHOWN = ("loss", "acc", "eval_acc", "reward_mean", "kl", "rule_acc")
+SHOWN = ("loss", "acc", "eval_acc", "eval_policy_acc", "reward_mean", "kl", "rule_acc")
 
 
 def _fmt(metrics: dict) -> str:

@@ -60,9 +60,16 @@ class Reward:
     warmup: int = 10
     weight_decay: float = 0.0
     eval_every: int = 50      # held-out accuracy every N steps and at the end
+    policy_prompts: int = 0   # prompts of data.reward whose SFT samples, labelled by the rule, add pairs
+    policy_samples: int = 4   # samples per prompt; a prompt gives pairs when some are right, some wrong
+    policy_share: float = 0.5  # of each batch, drawn from those pairs (the file's pairs are many and easy)
 
     def __post_init__(self):
-        _positive(self, "steps", "batch_size", "lr", "eval_every")
+        _positive(self, "steps", "batch_size", "lr", "eval_every", "policy_samples")
+        if self.policy_prompts < 0:
+            raise ValueError(f"policy_prompts must be >= 0, got {self.policy_prompts}")
+        if not 0.0 <= self.policy_share < 1.0:
+            raise ValueError(f"policy_share must be in [0, 1), got {self.policy_share}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -74,22 +81,26 @@ class PPO:
     max_new_tokens: int = 10
     temperature: float = 1.0
     top_k: int = 0                # 0: no top-k filter
-    actor_lr: float = 1e-4
-    critic_lr: float = 5e-4
+    actor_lr: float = 1e-4        # peak; linear warmup over actor_warmup iterations, then cosine to a tenth
+    actor_warmup: int = 5
+    critic_lr: float = 5e-4       # constant: the critic has its own Adam, so no value_coef (Adam ignores a scale)
     kl_coef: float = 0.05         # initial coefficient of the per-token KL penalty
     kl_target: float | None = None  # adaptive controller (Ziegler et al.) when set
     kl_horizon: int = 100
     kl_estimator: Literal["k1", "k3"] = "k1"  # k1: log p - log q; k3: (r - 1) - log r, r = q / p
     gamma: float = 1.0
-    lam: float = 0.95
+    lam: float = 0.95             # TRL's and OpenRLHF's default
     clip: float = 0.2
     value_clip: float = 0.2
-    value_coef: float = 0.5
-    critic_init: Literal["reward", "sft"] = "reward"
+    critic_init: Literal["reward", "sft"] = "reward"  # the critic's trunk; its head starts at 0 (ppo.zero_value_head)
+    missing_eos_penalty: float = 0.0  # subtracted from the score of a response cut at max_new_tokens (TRL's)
 
     def __post_init__(self):
         _positive(self, "iterations", "rollout_batch", "minibatch", "ppo_epochs", "max_new_tokens",
                   "actor_lr", "critic_lr", "clip", "value_clip")
+        if self.actor_warmup < 0 or self.missing_eos_penalty < 0:
+            raise ValueError(f"actor_warmup and missing_eos_penalty must be >= 0, got {self.actor_warmup}, "
+                             f"{self.missing_eos_penalty}")
         if self.rollout_batch % self.minibatch:
             raise ValueError(f"rollout_batch ({self.rollout_batch}) must be a multiple of minibatch ({self.minibatch})")
         if self.kl_coef < 0:
@@ -114,6 +125,15 @@ class Rejection:
 
 
 @dataclass(kw_only=True, slots=True)
+class Heldout:  # the evaluation of every policy on the held-out prompts (portkit.models.rlhf.evaluate)
+    max_new_tokens: int = 12
+    batch: int = 256
+
+    def __post_init__(self):
+        _positive(self, "max_new_tokens", "batch")
+
+
+@dataclass(kw_only=True, slots=True)
 class Recipe:
     name: str
     seed: int = 1234
@@ -130,17 +150,17 @@ class Recipe:
     reward: Reward = field(default_factory=Reward)
     ppo: PPO = field(default_factory=PPO)
     rejection: Rejection = field(default_factory=Rejection)
+    heldout: Heldout = field(default_factory=Heldout)
+    checks: Literal["enforce", "report"] = "enforce"  # enforce: a run whose checks FAIL exits 1
     path: str = ""                             # set by load(): the recipe file
 
     def __post_init__(self):
         bad = [s for s in self.stages if s not in STAGES]
         if bad:
             raise ValueError(f"stages: unknown stage {bad[0]!r}; choose from {', '.join(STAGES)}")
-        if "ppo" in self.stages and "rejection" in self.stages:
-            raise ValueError("stages: ppo and rejection are alternatives for stage 3; keep one")
         order = [STAGES.index(s) for s in self.stages]
         if order != sorted(set(order)):
-            raise ValueError(f"stages: {self.stages} must be in the order sft, reward, ppo|rejection, each once")
+            raise ValueError(f"stages: {self.stages} must be in the order sft, reward, ppo, rejection, each once")
         if ("ppo" in self.stages or "rejection" in self.stages) and "reward" not in self.stages:
             raise ValueError("stages: ppo and rejection need the reward stage before them")
         _positive(self, "checkpoint_every", "log_every")

@@ -63,6 +63,7 @@ class Run:
         self.steps_done = 0
         self.elapsed: dict[str, float] = {}
         self.rm_norm = (0.0, 1.0)
+        self.heldout_sft: dict | None = None  # the SFT policy's per-prompt held-out results
         self.summary: dict[str, float] = {}
 
     # -- data ---------------------------------------------------------------------
@@ -92,7 +93,8 @@ class Run:
         return self.strategy.prepare(model, opt)
 
     def generator(self, stage: str) -> Rng:
-        return Rng(self.recipe.seed * 1000 + R.STAGES.index(stage), self.device)
+        """A stage's streams; "eval": held-out evaluations (each starts it afresh)."""
+        return Rng(self.recipe.seed * 1000 + (*R.STAGES, "eval").index(stage), self.device)
 
     def loop(self, stage: str, total: int, objs: dict, step_fn) -> None:
         """Steps start..total of a stage: restore, step, log, checkpoint, maybe stop."""
@@ -187,7 +189,8 @@ def fresh(run: Run, head: str = "lm") -> GPT:
 def run_stages(run: Run) -> None:
     """Each stage trains models built for it and ends with their final state; the next
     stage starts from fresh models loaded from that state (frameworks such as ZeRO-3
-    leave the trained modules partitioned)."""
+    leave the trained modules partitioned). PPO and rejection sampling both start from
+    the SFT policy: they are alternatives, judged against the same "before"."""
     from portkit.models.rlhf import ppo, rejection, reward, sft
     recipe = run.recipe
     portkit.manual_seed(recipe.seed)
@@ -203,22 +206,21 @@ def run_stages(run: Run) -> None:
             final = final or sft.run(run, policy)
             policy_state = final["policy"]
         elif stage == "reward":
-            final = final or reward.run(run, new_scalar(run, policy))
+            final = final or reward.run(run, new_scalar(run, policy), policy)
             rm_state = final["rm"]
             run.rm_norm = (final["score_mean"], final["score_std"])
-            run.summary["rm_eval_acc"] = final["eval_acc"]
+            run.heldout_sft = final["heldout_sft"]
+            run.summary.update(rm_eval_acc=final["eval_acc"], rm_policy_acc=final["policy_acc"],
+                               rm_policy_pairs=final["policy_pairs"])
         else:
-            rm = fresh(run, "scalar")
+            rm, ref = fresh(run, "scalar"), fresh(run)
             rm.load_state_dict(rm_state)
+            ref.load_state_dict(policy_state)
             if stage == "ppo":
-                ref = fresh(run)
-                ref.load_state_dict(policy_state)
                 critic = new_scalar(run, rm if recipe.ppo.critic_init == "reward" else policy)
                 final = final or ppo.run(run, policy, critic, ref, rm)
-                policy_state = final["actor"]
             else:
-                final = final or rejection.run(run, policy, rm)
-                policy_state = final["policy"]
+                final = final or rejection.run(run, policy, ref, rm)
         run.elapsed[stage] = final["elapsed"]
 
 
@@ -286,13 +288,15 @@ def main(args) -> int:
     except (DataError, CheckpointError) as e:
         print(f"portkit run: {e}", file=sys.stderr)
         return 2
+    failed = False
     if strategy.is_main:
         from portkit.models import report
         paths = report.write(out, recipe, run, backend, strategy, time.perf_counter() - t0)
         run.progress.note(report.summary_text(out) + f"\nreport: {paths[0]}")
+        failed = recipe.checks == "enforce" and report.failed(out)
     del run  # its models and engines go before the process group does
     strategy.shutdown()
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":  # `python -m portkit.models.runner` (e.g. under torchrun -m) is `portkit run`

@@ -39,7 +39,7 @@ from __future__ import annotations
 import types
 from typing import Any, Callable
 
-from portkit import patching, runtime
+from portkit import adapt, patching, runtime
 from portkit.backend import Backend
 from portkit.patching import Patch
 
@@ -164,6 +164,37 @@ def _undo_loader(kernel_loader: Any) -> None:
         patching.restore(kernel_loader.KernelLoader, "load", _saved)
 
 
+# -- no silent fallback: Colossal-AI on an accelerator other than portkit's ---------------------
+LAUNCHERS = ("launch", "launch_from_torch", "launch_from_slurm", "launch_from_openmpi")
+
+
+def check_accelerator() -> str | None:
+    """None when Colossal-AI's accelerator is portkit's, else the one line that says so and the fix."""
+    from colossalai.accelerator import api
+    from portkit.patches import _colo_accelerator
+    accel = api._ACCELERATOR
+    if accel is None or _colo_accelerator.is_portkit(accel):
+        return None
+    return (f"Colossal-AI runs on its own {type(accel).__name__} ({accel.name!r}), not on portkit's backend "
+            f"{runtime.active().name!r}: remove the script's colossalai.accelerator.set_accelerator(...) call")
+
+
+def _checker(owner: Callable[[Any], Any], names: tuple[str, ...]):
+    """apply/undo pair wrapping owner(module).<name> so that each call first runs check_accelerator."""
+    saved: dict = {}
+
+    def apply(module: Any) -> None:
+        for name in names:
+            target = owner(module)
+            patching.replace(target, name, adapt.warned(getattr(target, name), check_accelerator), saved)
+
+    def undo(module: Any) -> None:
+        for name in names:
+            patching.restore(owner(module), name, saved)
+
+    return apply, undo
+
+
 def _patch(name: str, target: str, description: str, apply, undo) -> Patch:
     return Patch(name=name, framework=FRAMEWORK, versions=VERSIONS, target=target,
                  description=description, apply=apply, undo=undo)
@@ -183,6 +214,12 @@ PATCHES = [
     _patch("colossalai.kernel_loader", "colossalai.kernel.kernel_loader",
            "CPUAdam/FusedOptimizer/LayerNorm loaders use portkit ops where the compiled kernel is missing",
            _apply_loader, _undo_loader),
+    _patch("colossalai.accelerator_check", "colossalai",
+           "colossalai.launch* say so (one line) when Colossal-AI's accelerator is not portkit's",
+           *_checker(lambda module: module, LAUNCHERS)),
+    _patch("colossalai.booster_check", "colossalai.booster.booster",
+           "Booster.boost says so (one line) when Colossal-AI's accelerator is not portkit's",
+           *_checker(lambda module: module.Booster, ("boost",))),
 ]
 
 

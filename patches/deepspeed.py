@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from portkit import patching, runtime
+from portkit import adapt, patching, runtime
 from portkit.backend import Backend
 from portkit.patching import Patch
 
@@ -86,20 +86,9 @@ def check_accelerator() -> str | None:
             f"{runtime.active().name!r}: remove the script's set_accelerator(...) call or DS_ACCELERATOR setting")
 
 
-def _checked(fn):
-    def run(*args, **kwargs):
-        from portkit import adapt
-        problem = check_accelerator()
-        if problem is not None:
-            adapt.warn(problem)
-        return fn(*args, **kwargs)
-    run.__wrapped__ = fn
-    return run
-
-
 def _apply_check(module: Any) -> None:
     for name in ("initialize", "init_distributed"):
-        patching.replace(module, name, _checked(getattr(module, name)), _saved)
+        patching.replace(module, name, adapt.warned(getattr(module, name), check_accelerator), _saved)
 
 
 def _undo_check(module: Any) -> None:

@@ -25,6 +25,7 @@ in two ways, both reversible:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import types
 from typing import Any
@@ -116,6 +117,9 @@ def _mapping(fn, device_type: str):
         args, kwargs = _map_args(args, kwargs, device_type)
         return fn(*args, **kwargs)
     mapped.__portkit_redirect__ = True
+    op = torch.jit._builtins._find_builtin(fn)
+    if op is not None:  # TorchScript (@torch.jit.script in Colossal-AI) compiles the wrapper as the aten op
+        torch.jit._builtins._register_builtin(mapped, op)
     return mapped
 
 
@@ -169,9 +173,26 @@ def redirect(device_type: str) -> None:
         raise patching.PatchError(f"torch.{device_type} does not exist: import the backend's torch "
                                   f"extension (portkit.select_backend does) before redirecting")
     state["type"] = device_type
+    for module in NATIVE_PROBE:
+        patching.while_importing(module, _native_is_available)
     _redirect_cuda_names(target, device_type)
     _redirect_amp(device_type)
     _redirect_devices(device_type)
+
+
+# Libraries that load CUDA binaries at import when torch.cuda.is_available() says True
+# (bitsandbytes, imported by peft and so by Colossal-AI's booster): imported with torch's own answer.
+NATIVE_PROBE = ("bitsandbytes",)
+_TORCH_IS_AVAILABLE = torch.cuda.is_available
+
+
+@contextlib.contextmanager
+def _native_is_available():
+    redirected, torch.cuda.is_available = torch.cuda.is_available, _TORCH_IS_AVAILABLE
+    try:
+        yield
+    finally:
+        torch.cuda.is_available = redirected
 
 
 def _own_names(module: Any) -> list[str]:
@@ -200,15 +221,19 @@ def _redirect_cuda_names(target: Any, device_type: str) -> None:
             wrap = callable(value) and not isinstance(value, type)
             _set(torch.cuda, name, _mapping(value, device_type) if wrap else value)
         elif device_type == "cpu" and callable(getattr(torch.cuda, name)):
-            _set(torch.cuda, name, _unserved(name))
+            _set(torch.cuda, name, _unserved(name, isinstance(getattr(torch.cuda, name), type)))
     if "_lazy_call" in forwarded:
         _set(torch.cuda, "_lazy_call", target._lazy_call)
 
 
-def _unserved(name: str):
+def _unserved(name: str, is_class: bool = False):
+    """Raises when called; a class stays a class (annotations such as `torch.cuda.CUDAGraph | None`
+    in transformers and isinstance checks must keep working)."""
     def call(*args, **kwargs):
         raise RuntimeError(f"portkit: torch.cuda.{name} has no counterpart on backend {runtime.active().name!r}; "
                            f"guard the call with `if torch.version.cuda:` or remove it")
+    if is_class:
+        return type(name, (), {"__new__": call, "__module__": "torch.cuda"})
     call.__name__ = name
     return call
 

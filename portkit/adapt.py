@@ -20,9 +20,11 @@ What portkit cannot serve is said in one line on stderr starting with `portkit:`
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from portkit import patching, runtime
 from portkit.backend import Backend
@@ -40,6 +42,17 @@ def warn(message: str) -> None:
     if message not in _state["said"]:
         _state["said"].add(message)
         print(f"portkit: {message}", file=sys.stderr, flush=True)
+
+
+def warned(fn: Callable, check: Callable[[], str | None]) -> Callable:
+    """fn that first says check()'s line, if it has one (a framework on another accelerator)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        problem = check()
+        if problem is not None:
+            warn(problem)
+        return fn(*args, **kwargs)
+    return run
 
 
 def activate(backend: str | None = None) -> Backend:

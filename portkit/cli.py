@@ -18,6 +18,7 @@ COMMANDS = {  # name -> (module, one-line help)
     "new-backend": ("portkit.scaffold.cli", "scaffold an installable backend plugin package"),
     "conformance": ("portkit.conformance.cli", "certify an installed backend: contract, ops, collectives, frameworks"),
     "scan": ("portkit.scan", "report which CUDA-specific uses of a code base portkit adapts and which need work"),
+    "kernels": ("portkit.kernels", "compile every portkit Triton kernel for CUDA, ROCm and DCU targets, no GPU needed"),
 }
 
 
@@ -33,30 +34,16 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, (module, help_) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(_module=module)
-        mod = _load(module) if name == command else None
-        if mod is not None:
-            mod.configure(sp)
+        if name == command:
+            importlib.import_module(module).configure(sp)
     return p
-
-
-def _load(module: str):
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name != module:
-            raise
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = parser(command).parse_args(argv)
-    mod = _load(args._module)
-    if mod is None:
-        print(f"portkit {args.command}: not available in this build ({args._module} is missing)", file=sys.stderr)
-        return 2
-    return mod.main(args) or 0
+    return importlib.import_module(args._module).main(args) or 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """`portkit doctor`: explain this machine.
 
 Every registered backend (available, or why not), which one would be selected, the
-installed frameworks (read from package metadata, never imported), every patch with its
+plugins loaded from each entry-point group, the installed frameworks (read from package metadata, never imported), every patch with its
 state, the op table, the plugins' own checks, and the plugins that failed to load.
 `--json` prints the same report as one JSON object for scripts.
 """
@@ -20,7 +20,7 @@ from portkit.backend import Backend
 FRAMEWORKS = {"torch": "torch", "deepspeed": "deepspeed", "colossalai": "colossalai",
               "megatron-core": "megatron.core", "apex": "apex", "triton": "triton",
               "torch-npu": "torch_npu", "torch-mlu": "torch_mlu", "transformers": "transformers"}
-KEYS = ("backends", "selected", "frameworks", "patches", "ops", "checks", "plugin_errors")
+KEYS = ("backends", "selected", "plugins", "frameworks", "patches", "ops", "checks", "plugin_errors", "readiness")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,10 +42,23 @@ def collect(name: str | None = None) -> dict[str, Any]:
     """The whole report as plain data (JSON-serialisable)."""
     backends = [describe(b) for b in runtime.backends().values()]
     selected, chosen = selection(name)
-    report = {"backends": backends, "selected": selected, "frameworks": frameworks(),
+    report = {"backends": backends, "selected": selected, "plugins": plugin_groups(), "frameworks": frameworks(),
               "patches": patches(), "ops": ops(chosen), "checks": checks(chosen)}
     report["plugin_errors"] = [dataclasses.asdict(e) for e in runtime.plugins().errors]
+    report["readiness"] = readiness(chosen)
     return report
+
+
+def readiness(backend: Backend | None) -> dict[str, list[dict[str, Any]]]:
+    """The selected backend's own readiness report (section -> rows), where it offers one
+    (a `readiness()` method, e.g. ROCm/DCU); empty elsewhere."""
+    fn = getattr(backend, "readiness", None)
+    if fn is None:
+        return {}
+    try:
+        return fn()
+    except Exception as e:  # a report that fails is shown, never fatal
+        return {"readiness": [{"error": f"readiness() raised {type(e).__name__}: {e}"}]}
 
 
 def describe(backend: Backend) -> dict[str, Any]:
@@ -69,6 +82,12 @@ def selection(name: str | None) -> tuple[dict[str, Any], Backend | None]:
     except runtime.BackendError as e:
         return {"name": None, "how": how, "error": str(e)}, None
     return {"name": chosen.name, "how": how, "error": None}, chosen
+
+
+def plugin_groups() -> dict[str, dict[str, str]]:
+    """Entry-point group -> {plugin loaded from it: its distribution}."""
+    p = runtime.plugins()
+    return {group: {name: p.sources[name] for name in names} for group, names in p.groups.items()}
 
 
 def frameworks() -> dict[str, dict[str, Any]]:
@@ -103,20 +122,15 @@ def patches() -> list[dict[str, Any]]:
 
 
 def ops(backend: Backend | None) -> dict[str, Any]:
-    """The op table on `backend`; {'built': False} when this build has no ops package."""
-    try:
-        import portkit.ops  # noqa: F401  (defines the op references)
-        from portkit.ops import registry
-    except ModuleNotFoundError as e:
-        if not (e.name or "").startswith("portkit.ops"):
-            raise
-        return {"built": False, "table": [], "error": "ops: not built"}
+    """The op table on `backend`, or the error that kept it from being built."""
+    import portkit.ops  # noqa: F401  (defines the op references)
+    from portkit.ops import registry
     if backend is None:
-        return {"built": True, "table": [], "error": "no backend selected"}
+        return {"table": [], "error": "no backend selected"}
     try:
-        return {"built": True, "table": registry.table(backend), "error": None}
+        return {"table": registry.table(backend), "error": None}
     except Exception as e:  # e.g. a plugin's predicate raising: shown in the report
-        return {"built": True, "table": [], "error": f"{type(e).__name__}: {e}"}
+        return {"table": [], "error": f"{type(e).__name__}: {e}"}
 
 
 def checks(backend: Backend | None) -> list[dict[str, Any]]:
@@ -142,12 +156,23 @@ def render(report: dict[str, Any]) -> None:
     sel = report["selected"]
     console.print(f"[bold]selected:[/] {sel['name']} ({sel['how']})" if sel["name"]
                   else f"[bold red]selected: none[/] ({sel['how']}): {sel['error']}")
-    for title, table in (("frameworks", frameworks_table(report["frameworks"])),
+    for title, table in (("plugins", plugins_table(report["plugins"])),
+                         ("frameworks", frameworks_table(report["frameworks"])),
                          ("patches", patches_table(report["patches"])),
                          ("ops", ops_table(report["ops"])),
                          ("checks", checks_table(report["checks"])),
                          ("plugin errors", errors_table(report["plugin_errors"]))):
         console.print(table if table is not None else f"[bold]{title}:[/] none")
+    for title, rows in report.get("readiness", {}).items():
+        console.print(rows_table(f"readiness: {title}", rows))
+
+
+def rows_table(title: str, rows: list[dict[str, Any]]):
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    t = _table(title, *columns)
+    for r in rows:
+        t.add_row(*[str(r.get(c, "")) for c in columns])
+    return t
 
 
 def _table(title: str, *columns: str):
@@ -188,6 +213,13 @@ _SHOWN = {"name", "available", "reason", "device_type", "dist_backend", "priorit
           "smi_tool", "smi_found", "device_count", "devices", "versions", "capabilities", "peak_bf16_tflops"}
 
 
+def plugins_table(groups: dict[str, dict[str, str]]):
+    t = _table("plugins", "entry-point group", "plugins (distribution)")
+    for group, found in groups.items():
+        t.add_row(group, ", ".join(f"{name} ({dist})" for name, dist in found.items()) or "-")
+    return t
+
+
 def frameworks_table(found: dict[str, dict[str, Any]]):
     t = _table("frameworks", "distribution", "version", "module")
     for dist, f in found.items():
@@ -205,8 +237,6 @@ def patches_table(rows: list[dict[str, Any]]):
 
 
 def ops_table(ops_: dict[str, Any]):
-    if not ops_["built"]:
-        return ops_["error"]  # "ops: not built"
     if not ops_["table"]:
         return None if ops_["error"] is None else f"[bold]ops:[/] {ops_['error']}"
     t = _table("ops", "op", "selected", "implementations")

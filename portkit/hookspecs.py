@@ -1,7 +1,9 @@
 """Every hook a portkit plugin may implement. Each docstring is the contract.
 
-A plugin is a module (or object) named by an entry point in the group
-`portkit.backends`. It implements the hooks it needs with `@portkit.hookimpl`:
+A plugin is a module (or object) named by an entry point in one of the groups
+`portkit.backends` (backends, with their doctor checks and launch environment),
+`portkit.ops` (fused ops) and `portkit.patches` (framework adapters); portkit/plugins.py
+says how they load. It implements the hooks it needs with `@portkit.hookimpl`:
 
     # my_vendor/__init__.py
     import portkit

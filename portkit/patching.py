@@ -9,6 +9,7 @@ shim gates on torch) and may say it is not needed here (`needed`: state 'skipped
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.metadata
 import importlib.util
@@ -148,15 +149,23 @@ def on_import(module_name: str, fn: Callable[[Any], None]) -> None:
         _hook.callbacks.setdefault(module_name, []).append(fn)
 
 
+def while_importing(module_name: str, context: Callable[[], Any]) -> None:
+    """Run the first import of `module_name` inside `context()` (a context manager factory)."""
+    if module_name not in sys.modules:
+        _hook.contexts.setdefault(module_name, []).append(context)
+
+
 class _PostImportHook(importlib.abc.MetaPathFinder):
-    """Runs pending patches, then on_import callbacks, right after their module finishes importing."""
+    """Runs pending patches, then on_import callbacks, right after their module finishes importing
+    (the import itself inside the while_importing contexts)."""
 
     def __init__(self) -> None:
         self.waiting: dict[str, list[Patch]] = {}
         self.callbacks: dict[str, list[Callable[[Any], None]]] = {}
+        self.contexts: dict[str, list[Callable[[], Any]]] = {}
 
     def find_spec(self, fullname, path, target=None):
-        if not self.waiting.get(fullname) and not self.callbacks.get(fullname):
+        if not any(hooks.get(fullname) for hooks in (self.waiting, self.callbacks, self.contexts)):
             return None
         sys.meta_path.remove(self)  # find the real spec without recursing into ourselves
         try:
@@ -168,7 +177,10 @@ class _PostImportHook(importlib.abc.MetaPathFinder):
         exec_module = spec.loader.exec_module
 
         def exec_and_patch(module):
-            exec_module(module)
+            with contextlib.ExitStack() as stack:
+                for context in self.contexts.pop(fullname, []):
+                    stack.enter_context(context())
+                exec_module(module)
             for patch in self.waiting.pop(fullname, []):
                 _apply(patch, module)
             for fn in self.callbacks.pop(fullname, []):

@@ -1,4 +1,12 @@
-"""Plugin discovery through the entry-point group `portkit.backends` and isolated hook calls."""
+"""Plugin discovery through one entry-point group per kind, and isolated hook calls.
+
+`portkit.backends` names modules that register backends (and may carry their doctor
+checks, launch environment, ops for their own device); `portkit.ops` fused-op
+implementations; `portkit.patches` framework adapters. A package may register in several
+groups. The allow-list PORTKIT_PLUGINS filters the backends group only, so the built-in
+kernels and framework adapters stay whatever it names. The plugin name is the entry
+point's name in `portkit.backends`, and `<name>.ops` / `<name>.patches` in the others.
+"""
 from __future__ import annotations
 
 import importlib.metadata
@@ -11,8 +19,9 @@ import pluggy
 
 from portkit import hookspecs
 
-GROUP = "portkit.backends"
-ALLOW_ENV = "PORTKIT_PLUGINS"  # comma-separated allow-list of entry-point names
+BACKENDS_GROUP = "portkit.backends"
+GROUPS = (BACKENDS_GROUP, "portkit.ops", "portkit.patches")
+ALLOW_ENV = "PORTKIT_PLUGINS"  # comma-separated allow-list of backend entry-point names
 
 
 @dataclass
@@ -27,6 +36,7 @@ class Plugins:
     pm: pluggy.PluginManager
     errors: list[PluginError] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # plugin name -> distribution
+    groups: dict[str, list[str]] = field(default_factory=dict)  # entry-point group -> plugin names loaded
 
     def call(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call each implementation of `hook` on its own, so one failure skips only that plugin."""
@@ -47,26 +57,40 @@ class Plugins:
 
 
 def discover(extra: list[tuple[str, object]] = ()) -> Plugins:
-    """Load every entry point in the group (filtered by PORTKIT_PLUGINS) and register it."""
+    """Load every entry point of the groups (backends filtered by PORTKIT_PLUGINS) and register it."""
     pm = pluggy.PluginManager("portkit")
     pm.add_hookspecs(hookspecs)
     plugins = Plugins(pm)
     allow = {n.strip() for n in os.environ.get(ALLOW_ENV, "").split(",") if n.strip()}
-    for ep in sorted(importlib.metadata.entry_points(group=GROUP), key=lambda e: e.name):
-        if allow and ep.name not in allow:
-            continue
-        if pm.has_plugin(ep.name):
-            plugins.errors.append(PluginError(ep.name, "import", f"entry point name also used by {plugins.sources[ep.name]}"))
-            continue
-        try:
-            obj = ep.load()
-            pm.register(obj, name=ep.name)
-        except Exception as e:
-            detail = traceback.format_exception_only(type(e), e)[-1].strip()
-            plugins.errors.append(PluginError(ep.name, "import", detail))
-            continue
-        plugins.sources[ep.name] = ep.dist.name if ep.dist else "?"
+    for group in GROUPS:
+        plugins.groups[group] = []
+        for ep in sorted(importlib.metadata.entry_points(group=group), key=lambda e: e.name):
+            if group != BACKENDS_GROUP or not allow or ep.name in allow:
+                register(plugins, group, ep)
     for name, obj in extra:
         pm.register(obj, name=name)
         plugins.sources[name] = "in-process"
     return plugins
+
+
+def register(plugins: Plugins, group: str, ep: importlib.metadata.EntryPoint) -> None:
+    """Load one entry point and register it; a module named by two groups is registered once."""
+    pm = plugins.pm
+    name = ep.name if group == BACKENDS_GROUP else f"{ep.name}.{group.rsplit('.', 1)[1]}"
+    if pm.has_plugin(name):
+        plugins.errors.append(PluginError(name, "import", f"entry point name also used by {plugins.sources[name]}"))
+        return
+    try:
+        obj = ep.load()
+        if group != BACKENDS_GROUP and hasattr(obj, "portkit_register_backends"):
+            raise TypeError(f"{ep.value} (group {group}) implements portkit_register_backends; backends register "
+                            f"only through {BACKENDS_GROUP}, so that {ALLOW_ENV} can filter them: move the hook")
+        if not pm.is_registered(obj):
+            pm.register(obj, name=name)
+    except Exception as e:
+        detail = traceback.format_exception_only(type(e), e)[-1].strip()
+        plugins.errors.append(PluginError(name, "import", detail))
+        return
+    name = pm.get_name(obj)
+    plugins.sources.setdefault(name, ep.dist.name if ep.dist else "?")
+    plugins.groups[group].append(name)

@@ -3,9 +3,14 @@ SFT), a frozen reference (the SFT policy) and a frozen reward model.
 
 Per iteration: sample responses with the KV cache; reward = the reward model's score
 (standardised by its held-out mean/std) at the last token, less the same score of the
-reference's greedy response to that prompt (a per-prompt baseline), minus kl_coef * KL per token
-(k1: log pi - log ref; k3: (r - 1) - log r with r = ref / pi); GAE advantages; a few
-epochs of the clipped policy loss and the clipped value loss; fixed or adaptive KL coefficient.
+reference's greedy response to that prompt (a per-prompt baseline) and missing_eos_penalty for
+a response cut short, minus kl_coef * KL per token (k1: log pi - log ref; k3: (r - 1) - log r
+with r = ref / pi); GAE advantages; a few epochs of the clipped policy loss and the clipped
+value loss; fixed or adaptive KL coefficient; the actor's lr warms up, then decays.
+Log-probabilities are those of the distribution sampled from (temperature, top-k); the
+reference's use the temperature only (a top-k filter of the reference would make the KL
+infinite on any token the policy samples outside it). The stage ends with the held-out
+evaluation against the SFT policy (portkit.models.rlhf.evaluate).
 """
 from __future__ import annotations
 
@@ -13,9 +18,11 @@ import time
 
 import torch
 
+from portkit.models.rlhf import evaluate as E
 from portkit.models.gpt import sequence_logprobs
 from portkit.models.make_data import solve
 from portkit.models.rlhf.reward import end_scores
+from portkit.models.rlhf.sft import lr_at
 
 
 def gae(rewards, values, mask, gamma: float, lam: float):
@@ -117,13 +124,14 @@ def rollout(ctx, actor, critic, ref, rm, prompts, ids, gen, kl: KLController, ba
                                            cfg.temperature, cfg.top_k, gen.dev,
                                            early_stop=not ctx.strategy.lockstep)
     mask = valid[:, P:].float()  # (B, R) response tokens
-    logp = sequence_logprobs(actor.module, seq, valid, P)
-    ref_logp = sequence_logprobs(ref, seq, valid, P)
+    logp = sequence_logprobs(actor.module, seq, valid, P, cfg.temperature, cfg.top_k)
+    ref_logp = sequence_logprobs(ref, seq, valid, P, cfg.temperature)
     critic.module.eval()
     values = critic.module(seq[:, :-1], valid=valid[:, :-1])[:, P - 1:] * mask
     end = response_end(valid, P)
     raw = standard_scores(ctx, rm, seq, valid, end)
-    score = raw - baseline[ids.to(baseline.device)]
+    cut = seq[torch.arange(len(end)), end] != tok.eos_id  # no eos within max_new_tokens
+    score = raw - baseline[ids.to(baseline.device)] - cfg.missing_eos_penalty * cut.float()
     kl_tok = kl_penalty(logp, ref_logp, cfg.kl_estimator) * mask
     rewards = -kl.coef * kl_tok
     rewards[torch.arange(len(end)), end - P] += score
@@ -154,13 +162,13 @@ def update(ctx, actor, critic, roll, gen) -> dict:
         for i in range(0, B, mb):
             s = perm[i:i + mb]
             seq, valid, mask, P = roll["seq"][s], roll["valid"][s], roll["mask"][s], roll["P"]
-            logp = sequence_logprobs(actor, seq, valid, P)
+            logp = sequence_logprobs(actor, seq, valid, P, cfg.temperature, cfg.top_k)
             pl, clipfrac = policy_loss(logp, roll["logp"][s], roll["adv"][s], mask, cfg.clip)
             actor.backward(pl)
             actor.step()
             v = critic(seq[:, :-1], valid=valid[:, :-1])[:, P - 1:]
             vl = value_loss(v, roll["values"][s], roll["returns"][s], mask, cfg.value_clip)
-            critic.backward(cfg.value_coef * vl)
+            critic.backward(vl)
             critic.step()
             for k, x in (("loss", pl), ("value_loss", vl), ("clipfrac", clipfrac)):
                 stats[k] += x.item()
@@ -190,6 +198,8 @@ def run(ctx, actor_model, critic_model, ref, rm):
 
     def step(i):
         t0 = time.perf_counter()
+        lr = lr_at(i, cfg.iterations, cfg.actor_lr, cfg.actor_warmup)
+        actor.set_lr(lr)
         ids = ctx.shard(torch.randint(len(prompts.idx), (cfg.rollout_batch,), generator=gen.cpu))
         roll = rollout(ctx, actor, critic, ref, rm, prompts, ids, gen, kl, baseline)
         out = update(ctx, actor, critic, roll, gen)
@@ -197,11 +207,12 @@ def run(ctx, actor_model, critic_model, ref, rm):
         out.update(reward_mean=roll["score"].mean().item(), score_mean=roll["raw"].mean().item(), kl=roll["kl"].mean().item(),
                    response_len=roll["mask"].sum(1).mean().item(), rule_acc=acc)
         out = ctx.strategy.all_reduce_mean(out)
-        out.update(kl_coef=kl.coef, samples_per_s=cfg.rollout_batch / (time.perf_counter() - t0))
+        out.update(kl_coef=kl.coef, lr=lr, samples_per_s=cfg.rollout_batch / (time.perf_counter() - t0))
         kl.update(out["kl"], cfg.rollout_batch)
         if i == 0 or (i + 1) % 10 == 0:
             out["sample"] = f"{prompts.text[ids[0].item()]} -> {roll['texts'][0]}"
         return out
 
     ctx.loop("ppo", cfg.iterations, {"actor": actor, "critic": critic, "gen": gen, "kl": kl}, step)
-    return ctx.finish("ppo", {"actor": actor.model_state(), "critic": critic.model_state()})
+    heldout = E.evaluate_stage(ctx, "ppo", actor.module, ref, rm)
+    return ctx.finish("ppo", {"actor": actor.model_state(), "critic": critic.model_state(), "heldout": heldout})

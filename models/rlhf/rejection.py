@@ -1,12 +1,14 @@
 """Stage 3, the alternative to PPO: rejection sampling. Each round samples N responses per
 prompt, keeps the one the reward model scores highest (best-of-N), and fine-tunes the
-policy on the winners with the SFT loss."""
+policy on the winners with the SFT loss. It starts from the SFT policy, as PPO does, and
+ends with the same held-out evaluation, so the two are reported side by side."""
 from __future__ import annotations
 
 import time
 
 import torch
 
+from portkit.models.rlhf import evaluate as E
 from portkit.models.rlhf.ppo import rule_accuracy
 from portkit.models.rlhf.reward import end_scores
 
@@ -47,11 +49,11 @@ def finetune(ctx, engine, seq, valid, P, gen) -> float:
     return total / cfg.steps_per_round
 
 
-def run(ctx, policy, rm):
+def run(ctx, policy, ref, rm):
     cfg = ctx.recipe.rejection
     prompts = ctx.prompts(cfg.max_new_tokens)
     engine = ctx.engine(policy, cfg.lr, 0.0)
-    rm = ctx.strategy.frozen(rm)
+    ref, rm = ctx.strategy.frozen(ref), ctx.strategy.frozen(rm)
     gen = ctx.generator("rejection")
 
     def step(i):
@@ -67,4 +69,5 @@ def run(ctx, policy, rm):
         return out
 
     ctx.loop("rejection", cfg.rounds, {"engine": engine, "gen": gen}, step)
-    return ctx.finish("rejection", {"policy": engine.model_state()})
+    heldout = E.evaluate_stage(ctx, "rejection", engine.module, ref, rm)
+    return ctx.finish("rejection", {"policy": engine.model_state(), "heldout": heldout})

@@ -11,6 +11,11 @@ Groups, in order (each a function of the run context returning a list of Checks)
   recipe       a few steps of the tiny recipe through `portkit run --backend NAME`
   checkpoint   model + optimizer state saved on the device by the recipe's atomic helper,
                loaded back with weights_only=True and compared
+  unchanged    the CUDA-style scripts of portkit/conformance/scripts (nanoGPT 1 and 2 processes, apex)
+               run unchanged through `portkit exec`/`portkit launch`, losses against the scripts
+               edited by hand for the CPU; --unchanged-frameworks adds DeepSpeed, Colossal-AI, Megatron-core
+  kernels      every portkit Triton kernel compiled for CUDA and ROCm targets and the device's
+               own architecture, with registers, spills, shared memory and occupancy
 A group whose piece of portkit is not installed fails with "missing: <what>", never passes.
 """
 from __future__ import annotations
@@ -32,14 +37,15 @@ GroupFn = Callable[[Context], list[Check]]
 
 
 def _groups() -> dict[str, GroupFn]:
-    from portkit.conformance import contract, multiprocess, ops, train
+    from portkit.conformance import contract, kernels, multiprocess, ops, train, unchanged
     return {"contract": contract.run, "ops": ops.run,
             "collectives": multiprocess.collectives, "deepspeed": multiprocess.deepspeed,
             "colossalai": multiprocess.colossalai, "recipe": train.recipe,
-            "checkpoint": train.checkpoint}
+            "checkpoint": train.checkpoint, "unchanged": unchanged.unchanged, "kernels": kernels.run}
 
 
-GROUP_NAMES = ("contract", "ops", "collectives", "deepspeed", "colossalai", "recipe", "checkpoint")
+GROUP_NAMES = ("contract", "ops", "collectives", "deepspeed", "colossalai", "recipe", "checkpoint", "unchanged",
+               "kernels")
 
 
 @dataclasses.dataclass
@@ -89,8 +95,10 @@ def select(backend: Backend) -> str | None:
 
 
 def certify(backend: Backend, groups: list[str], workdir: Path, timeout: float,
-            on_result: Callable[[GroupResult], None] = lambda r: None) -> list[GroupResult]:
-    ctx = Context(backend=backend, workdir=workdir, timeout=timeout, select_error=select(backend))
+            on_result: Callable[[GroupResult], None] = lambda r: None,
+            unchanged_frameworks: bool = False) -> list[GroupResult]:
+    ctx = Context(backend=backend, workdir=workdir, timeout=timeout, select_error=select(backend),
+                  unchanged_frameworks=unchanged_frameworks)
     table = _groups()
     results = []
     for name in groups:
@@ -161,6 +169,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--groups", help=f"comma-separated subset of: {', '.join(GROUP_NAMES)} (default: all)")
     parser.add_argument("--json-out", type=Path, help="write the results as JSON to this file")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed to each subprocess (default 600)")
+    parser.add_argument("--unchanged-frameworks", action="store_true",
+                        help="the unchanged group also runs the DeepSpeed, Colossal-AI and Megatron-core scripts "
+                             "whose framework is installed (minutes)")
     parser.add_argument("--verbose", "-v", action="store_true", help="list every check, not only the failed ones")
     parser.add_argument("--workdir", type=Path, help="keep checkpoints and worker outputs here (default: a temporary folder)")
 
@@ -180,7 +191,8 @@ def main(args: argparse.Namespace) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         results = certify(backend, groups, workdir, args.timeout,
                           on_result=lambda r: print(f"{r.group}: {'PASS' if r.ok else 'FAIL'} ({r.seconds:.1f} s)",
-                                                    file=sys.stderr, flush=True))
+                                                    file=sys.stderr, flush=True),
+                          unchanged_frameworks=args.unchanged_frameworks)
     print_tables(backend, results, args.verbose)
     data = report(backend, results)
     if args.json_out:

@@ -22,6 +22,7 @@ class Context:
     workdir: Path                    # scratch space of this run (checkpoints, worker outputs)
     timeout: float = 300.0           # seconds allowed to each subprocess
     select_error: str | None = None  # why the backend could not be made active, if it could not
+    unchanged_frameworks: bool = False  # the `unchanged` group also runs the DeepSpeed/Colossal-AI/Megatron scripts
 
 
 def attempt(name: str, fn: Callable[[], str | None], fix: str = "") -> Check:

@@ -1,4 +1,5 @@
-"""Conformance group `contract`: every member of portkit.Backend present and typed, device calls that work."""
+"""Conformance group `contract`: the members of portkit.backend.REQUIRED defined by the backend's own class,
+every member of portkit.Backend present and typed, device calls that work."""
 from __future__ import annotations
 
 import json
@@ -9,15 +10,8 @@ import typing
 import torch
 
 from portkit.conformance.common import Check, Context, attempt
-from portkit.backend import Backend, Capabilities
+from portkit.backend import REQUIRED, Backend, Capabilities
 
-# What every backend must define itself (inheriting portkit.Backend's value is a silent fallback).
-REQUIRED = {
-    "name": "set name = '<your backend>' as a class attribute (a lowercase identifier)",
-    "device_type": "set device_type = '<torch device type>' as a class attribute (e.g. 'npu'; 'cuda' for ROCm/DCU)",
-    "dist_backend": "set dist_backend = '<torch.distributed backend>' as a class attribute (nccl, hccl, cncl, gloo ...)",
-    "probe": "define probe(self) -> str | None: None when the device is usable here, else why not",
-}
 STATS_KEYS = ("allocated", "peak_allocated", "reserved", "total")
 ENV_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 
@@ -132,7 +126,6 @@ def behaviour_checks(b: Backend) -> list[Check]:
         ("memory_stats() keys", lambda: stats_ok(b.memory_stats()), ""),
         ("reset_peak_memory() runs", lambda: b.reset_peak_memory(), ""),
         ("capabilities() is a Capabilities", lambda: capabilities_ok(b.capabilities()), ""),
-        ("has_triton() is a bool", lambda: typed(b.has_triton(), bool, "has_triton()"), ""),
         ("peak_bf16_tflops() is a positive float or None", lambda: peak_ok(b.peak_bf16_tflops()), ""),
         ("versions() maps str to str or None", lambda: versions_ok(b.versions()), ""),
         ("launch_env() maps str to str", lambda: str_map(b.launch_env(), "launch_env()"), ""),
@@ -224,10 +217,6 @@ def capabilities_ok(caps: object) -> str | None:
     if isinstance(caps, Capabilities):
         return None
     return f"capabilities() returned {type(caps).__name__}, expected portkit.Capabilities"
-
-
-def typed(value: object, tp: type, what: str) -> str | None:
-    return None if isinstance(value, tp) else f"{what} returned {type(value).__name__} {value!r}, expected {tp.__name__}"
 
 
 def nonempty_str(value: object, what: str) -> str | None:

@@ -24,14 +24,12 @@ def collectives(ctx: Context) -> list[Check]:
 
 
 def deepspeed(ctx: Context) -> list[Check]:
-    absent = absent_pieces({"deepspeed": "deepspeed is not installed (pip install deepspeed)",
-                            "portkit.patches.deepspeed": "the DeepSpeed adapter portkit.patches.deepspeed"})
+    absent = absent_pieces({"deepspeed": "deepspeed is not installed (pip install deepspeed)"})
     return needs_active(ctx) or absent or too_few_devices(ctx) or launch(ctx, "deepspeed")
 
 
 def colossalai(ctx: Context) -> list[Check]:
-    absent = absent_pieces({"colossalai": "colossalai is not installed (see the README's setup)",
-                            "portkit.patches.colossalai": "the Colossal-AI adapter portkit.patches.colossalai"})
+    absent = absent_pieces({"colossalai": "colossalai is not installed (see the README's setup)"})
     return needs_active(ctx) or absent or too_few_devices(ctx) or launch(ctx, "colossalai")
 
 

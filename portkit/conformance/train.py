@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.resources
-import importlib.util
 import json
 import math
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from portkit.conformance.common import Check, Context, attempt, missing, needs_active
+from portkit.conformance.common import Check, Context, attempt, needs_active
 from portkit.backend import Backend
 
 RECIPE = "tiny.yaml"
@@ -22,8 +21,6 @@ def checkpoint(ctx: Context) -> list[Check]:
     blocked = needs_active(ctx)
     if blocked:
         return blocked
-    if importlib.util.find_spec("portkit.models.checkpoint") is None:
-        return missing("the recipe's checkpoint helper portkit.models.checkpoint (models/checkpoint.py)")
     from portkit.models.checkpoint import Checkpoints
     b = ctx.backend
     model, opt = _trained(b)
@@ -106,20 +103,7 @@ def recipe(ctx: Context) -> list[Check]:
     blocked = needs_active(ctx)
     if blocked:
         return blocked
-    if importlib.util.find_spec("portkit.models.runner") is None:
-        return missing("`portkit run` (portkit.models.runner, models/runner.py)")
-    path = recipe_path()
-    if path is None:
-        return missing(f"the tiny recipe models/recipes/{RECIPE}")
-    return run_recipe(ctx, path)
-
-
-def recipe_path() -> Path | None:
-    try:
-        path = importlib.resources.files("portkit.models") / "recipes" / RECIPE
-    except ModuleNotFoundError:
-        return None
-    return Path(str(path)) if path.is_file() else None
+    return run_recipe(ctx, Path(str(importlib.resources.files("portkit.models") / "recipes" / RECIPE)))
 
 
 def run_recipe(ctx: Context, path: Path) -> list[Check]:

@@ -2,6 +2,7 @@
 the pairing of each custom op (for torch.compile) with an autograd.Function (for eager)."""
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Callable
 
@@ -53,8 +54,22 @@ def tracing_body() -> bool:
 def launchable(kernel):
     """A Triton kernel ready for `[grid](...)`: itself, or while torch.compile traces an op's
     body the torch.library.wrap_triton wrapper that puts it into inductor's graph. Every
-    launcher of a kernel that an op's body may run calls it through this."""
+    launcher of a kernel that an op's body may run calls it through this. Inside
+    `recording(fn)` it is `fn(kernel)`: the cross-compile check records launches this way."""
+    record = getattr(_trace, "record", None)
+    if record is not None:
+        return record(kernel)
     return torch.library.wrap_triton(kernel) if tracing_body() else kernel
+
+
+@contextlib.contextmanager
+def recording(record: Callable):
+    """Launchers called inside hand their kernels to `record` instead of launching them."""
+    before, _trace.record = getattr(_trace, "record", None), record
+    try:
+        yield
+    finally:
+        _trace.record = before
 
 
 def custom_op(name: str, traced: bool = True) -> Callable:

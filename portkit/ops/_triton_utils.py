@@ -1,9 +1,12 @@
 """Launch settings shared by the Triton kernels (imported only by the *_triton modules)."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 import warnings
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -15,8 +18,33 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@dataclass(frozen=True)
+class Asked:
+    """A target the launchers are asked about, without its GPU (portkit.ops.crosscompile)."""
+    hip: bool  # 64-lane wavefronts (AMD/DCU) rather than 32-lane warps
+    sms: int   # multiprocessors (compute units)
+
+
+_asked: contextvars.ContextVar[Asked | None] = contextvars.ContextVar("portkit_asked_target", default=None)
+
+
+@contextlib.contextmanager
+def asking(target: Asked):
+    """Inside, is_hip() and sm_count() answer for `target` instead of the device."""
+    token = _asked.set(target)
+    try:
+        yield
+    finally:
+        _asked.reset(token)
+
+
 def is_hip() -> bool:
+    asked = _asked.get()
+    return asked.hip if asked is not None else _device_is_hip()
+
+
+@functools.lru_cache(maxsize=None)
+def _device_is_hip() -> bool:
     if interpreting():
         return False
     return triton.runtime.driver.active.get_current_target().backend == "hip"
@@ -43,6 +71,9 @@ def _sm_count(index: int) -> int:
 
 def sm_count(device: torch.device) -> int:
     """Multiprocessors (compute units) of the device; a small number under the interpreter."""
+    asked = _asked.get()
+    if asked is not None:
+        return asked.sms
     if interpreting() or device.type == "cpu":
         return 4
     return _sm_count(device.index or 0)

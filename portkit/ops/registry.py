@@ -103,6 +103,12 @@ def choose(op: str, backend: Backend | None = None) -> OpImpl | None:
     return (preferred or runs or [None])[0]
 
 
+def implementations(op: str) -> list[OpImpl]:
+    """The registered implementations of `op`, highest priority first (the reference not included)."""
+    _load_plugin_ops()
+    return list(_impls.get(op, []))
+
+
 def dispatch(op: str) -> Callable:
     """The callable for `op` on the active backend, cached per (op, backend)."""
     key = (op, runtime.active().name, _raw_mode())  # the mode is validated on a miss, in choose()

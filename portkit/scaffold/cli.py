@@ -1,9 +1,10 @@
 """`portkit new-backend NAME`: write an installable backend plugin package.
 
-The package (`portkit-NAME`, module `portkit_NAME`) holds a pyproject with the entry
-point in the group `portkit.backends`, one backend module whose every contract member
-has a CPU answer until the vendor fills in the device calls, a README with the steps and
-a test that runs `portkit conformance --backend NAME`. Templates are the plain text files
+The package (`portkit-NAME`, module `portkit_NAME`) holds a pyproject with entry points
+in the groups `portkit.backends` and `portkit.ops`, the backend (a subclass of
+portkit.ExtensionBackend, a CPU stand-in until the vendor sets hardware_ready), an
+example fused op, a README with the steps and a test that runs
+`portkit conformance --backend NAME`. Templates are the plain text files
 in portkit/scaffold/templates/backend/, with {placeholders}.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import portkit
 from portkit import runtime
-from portkit.plugins import GROUP
+from portkit.plugins import BACKENDS_GROUP
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -37,6 +38,7 @@ FILES = {
     "pyproject.toml.tmpl": "pyproject.toml",
     "README.md.tmpl": "README.md",
     "backend.py.tmpl": "{module}/__init__.py",
+    "ops.py.tmpl": "{module}/ops.py",
     "test_conformance.py.tmpl": "tests/test_conformance.py",
 }
 
@@ -72,7 +74,7 @@ def class_name(name: str) -> str:
 
 def taken_names() -> dict[str, str]:
     """Names a new plugin must not use: entry points of the group and registered backends -> owner."""
-    taken = {ep.name: (ep.dist.name if ep.dist else "?") for ep in importlib.metadata.entry_points(group=GROUP)}
+    taken = {ep.name: (ep.dist.name if ep.dist else "?") for ep in importlib.metadata.entry_points(group=BACKENDS_GROUP)}
     for name in runtime.backends():
         taken.setdefault(name, "an installed plugin")
     return taken
@@ -150,6 +152,6 @@ def main(args: argparse.Namespace) -> int:
     for path in files:
         print(f"  {path.relative_to(dest)}")
     print(f"\nnext:\n  pip install -e {dest}\n  portkit doctor\n  portkit conformance --backend {spec.name}\n"
-          f"then fill in the VENDOR parts of {dest}/portkit_{spec.name}/__init__.py and set HARDWARE_READY = True "
+          f"then fill in the VENDOR lines of {dest}/portkit_{spec.name}/__init__.py and set hardware_ready = True "
           f"(see {dest}/README.md).")
     return 0

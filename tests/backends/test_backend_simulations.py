@@ -154,6 +154,40 @@ def test_doctor_on_dcu_simulated(rocm_torch, tmp_path, capsys):
     assert "backend rocm" in text and "6.3.27-V1.2.5" in text and "dcu" in text
 
 
+def test_doctor_dcu_readiness_simulated(rocm_torch, tmp_path, monkeypatch, capsys):
+    """doctor --backend rocm on a simulated K100-AI (gfx928): DTK, hy-smi, RCCL settings,
+    the kernels compiled for gfx928 (none with upstream Triton: unverified) and each op's fallback."""
+    rocm_torch("K100_AI", "gfx928")
+    write_tool(tmp_path / "bin", "hy-smi", HY_SMI)
+    dtk = tmp_path / "opt" / "dtk-24.04.3"
+    dtk.mkdir(parents=True)
+    (dtk / "env.sh").write_text("export ROCM_PATH=/opt/dtk\n")
+    root = tmp_path / "root"
+    (root / "proc" / "sys" / "kernel").mkdir(parents=True)
+    (root / "proc" / "sys" / "kernel" / "numa_balancing").write_text("1\n")
+    (root / "proc" / "cmdline").write_text("BOOT_IMAGE=/vmlinuz root=/dev/sda1 iommu=pt quiet\n")
+    monkeypatch.setattr(rocm, "SYSTEM_ROOT", str(root))
+    monkeypatch.delenv("HSA_FORCE_FINE_GRAIN_PCIE", raising=False)
+
+    report = doctor.collect("rocm")
+    json.dumps(report)
+    ready = report["readiness"]
+    assert ready["DTK"] == [{"path": str(dtk), "version": "24.04.3",
+                             "env.sh": "present, not sourced (ROCM_PATH does not point at it)"}]
+    assert [(r["DCU"], r["DCU%"]) for r in ready["hy-smi"]] == [("0", "0%"), ("1", "12%")]
+    rccl = {r["setting"]: (r["current"], r["ok"]) for r in ready["RCCL settings (tuning profile dcu-rocm)"]}
+    assert rccl == {"numa_balancing": ("1", False), "iommu": ("iommu=pt", True), "HSA_FORCE_FINE_GRAIN_PCIE": (None, False)}
+    [kernels] = ready["portkit Triton kernels for gfx928"]
+    assert kernels["status"] == "unverified" and "unsupported target: 'gfx928'" in kernels["regs/spills/LDS/occupancy"]
+    ops = {r["op"]: r for r in ready["op fallbacks"]}
+    assert ops["rms_norm_fwd"] == {"op": "rms_norm_fwd", "selected": "triton", "Triton kernel here": "does not compile",
+                                   "without it": "aten"}
+    assert ops["swiglu_fwd"]["without it"] == "reference (torch)"
+    doctor.render(report)
+    text = capsys.readouterr().out
+    assert "readiness: DTK" in text and "readiness: op fallbacks" in text and "unverified" in text
+
+
 def test_parse_hy_smi_table_ignores_banners():
     rows = rocm.parse_hy_smi_table(textwrap.dedent(HY_SMI[""]))
     assert rows[1] == {"DCU": "1", "Temp": "44.0C", "AvgPwr": "115.0W", "Perf": "auto", "PwrCap": "400.0W",

@@ -1,4 +1,8 @@
 """The `contract` conformance group on backends defined in the test: what each breakage reports."""
+import importlib
+import re
+from pathlib import Path
+
 import pytest
 
 from portkit.conformance import contract as contract
@@ -59,3 +63,11 @@ def test_each_breakage_fails_its_own_check(tmp_path, attrs, check, fragment):
     names = [n for n in bad]
     assert " ".join(names) == check
     assert fragment in bad[names[0]]
+
+
+def test_one_required_list_for_the_docstring_the_suite_and_the_guide():
+    backend = importlib.import_module("portkit.backend")  # the module; portkit.backend is also a function
+    assert contract.REQUIRED is backend.REQUIRED and "`REQUIRED`" in backend.__doc__
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "vendor-guide.md").read_text()
+    stated = guide.split("`portkit.backend.REQUIRED`\n(`portkit.REQUIRED`):", 1)[1].split(".", 1)[0]
+    assert re.findall(r"`(\w+)`", stated) == list(backend.REQUIRED)

@@ -152,6 +152,30 @@ def test_allow_list_loads_only_named_plugins(fresh_runtime, monkeypatch):
     assert portkit.select_backend().name == "cpu"
 
 
+def test_allow_list_keeps_the_builtin_ops_and_patches(fresh_runtime, monkeypatch):
+    monkeypatch.setenv("PORTKIT_PLUGINS", "acme")  # a vendor's backend alone: portkit's kernels and adapters stay
+    assert runtime.backends() == {}
+    ops = {plugin for plugin, _ in runtime.plugins().call_flat("portkit_register_ops")}
+    patches = {plugin for plugin, _ in runtime.plugins().call_flat("portkit_register_patches")}
+    assert ops == {"portkit.ops", "testvendor.ops"} and patches == {"portkit.patches"}
+    assert runtime.plugins().errors == []
+
+
+def test_a_package_registers_in_several_groups(fresh_runtime):
+    groups = runtime.plugins().groups
+    assert "testvendor" in groups["portkit.backends"] and groups["portkit.ops"] == ["portkit.ops", "testvendor.ops"]
+    assert groups["portkit.patches"] == ["portkit.patches"]
+    impl = next(i for p, i in runtime.plugins().call_flat("portkit_register_ops") if p == "testvendor.ops")
+    assert impl.predicate(runtime.backends()["testvendor"]) and not impl.predicate(runtime.backends()["cpu"])
+
+
+def test_backend_hooks_outside_the_backends_group_are_refused(install_plugin):
+    install_plugin("vendor-mixed", "mixed", "pk_vendor_mixed", backend_source("mixed"), group="portkit.ops")
+    assert "mixed" not in runtime.backends()
+    err = errors_by_plugin()["mixed.ops"]
+    assert "implements portkit_register_backends" in err.reason and "PORTKIT_PLUGINS" in err.reason
+
+
 # -- import hygiene and doctor --------------------------------------------------------
 def test_import_portkit_and_doctor_frameworks_import_no_framework():
     code = f"""
@@ -173,6 +197,9 @@ print(json.dumps({{"import": after_import, "doctor": heavy(), "found": found}}))
 def test_doctor_json_in_subprocess_lists_every_backend():
     report = json.loads(run("-m", "portkit.cli", "doctor", "--json"))
     assert set(report) >= set(doctor.KEYS)
+    assert report["plugins"]["portkit.ops"] == {"portkit.ops": "portkit", "testvendor.ops": "portkit-testvendor"}
+    assert report["plugins"]["portkit.patches"] == {"portkit.patches": "portkit"}
+    assert report["plugins"]["portkit.backends"]["testvendor"] == "portkit-testvendor"
     rows = {b["name"]: b for b in report["backends"]}
     assert set(rows) >= BUILTIN | {"testvendor"}
     assert rows["cpu"]["available"] and rows["testvendor"]["available"]
@@ -196,12 +223,6 @@ def test_doctor_reports_impossible_selection_and_exits_zero(fresh_runtime, capsy
     assert doctor.main(args) == 0
     text = capsys.readouterr().out
     assert "selected: none" in text and "torch_npu is not installed" in text
-
-
-def test_doctor_without_ops_package_says_not_built(fresh_runtime, monkeypatch):
-    monkeypatch.setitem(sys.modules, "portkit.ops", None)  # import portkit.ops now raises ModuleNotFoundError
-    assert doctor.ops(runtime.select("cpu")) == {"built": False, "table": [], "error": "ops: not built"}
-    assert doctor.ops_table(doctor.ops(runtime.select("cpu"))) == "ops: not built"
 
 
 def test_doctor_lists_every_registered_patch(fresh_runtime):

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPTS = Path(__file__).parent / "scripts"
+from portkit.conformance.unchanged import SCRIPTS, hand_edited  # noqa: F401 (one copy, shipped with portkit)
+
 VENV_BIN = Path(sys.executable).parent
 BACKENDS = ["cpu", "testvendor"]  # the cpu backend and the test plugin's CPU stand-in
 TIMEOUT = 300
@@ -40,21 +41,6 @@ def portkit_exec(script: str, backend: str, *args: str, **extra: str) -> subproc
 def portkit_launch(script: str, backend: str, nproc: int, *args: str, **extra: str) -> subprocess.CompletedProcess:
     return run([str(VENV_BIN / "portkit"), "launch", "--backend", backend, "--nproc-per-node", str(nproc),
                 "--", str(SCRIPTS / script), *args], **extra)
-
-
-def hand_edited(script: str, edits: list[tuple[str, str]], tmp: Path) -> Path:
-    """The script as an engineer edits it for the CPU: each edit must apply, and no CUDA
-    name may remain, so the copy runs on plain torch without portkit."""
-    text = (SCRIPTS / script).read_text()
-    for old, new in edits:
-        assert old in text, f"edit of {script} no longer applies: {old!r}"
-        text = text.replace(old, new)
-    code = "\n".join(line.split("#")[0] for line in text.split('"""', 2)[-1].splitlines())
-    left = [w for w in ("torch.cuda", "'cuda", '"cuda', "nccl") if w in code]
-    assert not left, f"hand-edited {script} still says {left}"
-    path = tmp / script
-    path.write_text(text)
-    return path
 
 
 def python(path: Path, *args: str, nproc: int = 1, **extra: str) -> subprocess.CompletedProcess:

@@ -11,23 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import helpers  # noqa: E402
 from helpers import BACKENDS  # noqa: E402
 
-TRAIN_EDITS = [
-    ("device = 'cuda'", "device = 'cpu'"),
-    ("backend = 'nccl'", "backend = 'gloo'"),
-    ("torch.cuda.is_available() and torch.cuda.is_bf16_supported()", "True"),
-    ("device = f'cuda:{ddp_local_rank}'", "device = 'cpu'"),
-    ("    torch.cuda.set_device(device)\n", ""),
-    ("torch.cuda.manual_seed(1337 + seed_offset)\n", ""),
-    ("device_type = 'cuda' if 'cuda' in device else 'cpu'", "device_type = 'cpu'"),
-    ("    if device_type == 'cuda':", "    if False:"),
-    ("x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)", "x, y"),
-    ("torch.cuda.amp.GradScaler(", "torch.amp.GradScaler('cpu', "),
-    ("DDP(model, device_ids=[ddp_local_rank])", "DDP(model)"),
-    ("start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)\n", ""),
-    ("    start.record()\n", ""), ("    end.record()\n", ""), ("    torch.cuda.synchronize()\n", ""),
-    ('time {start.elapsed_time(end):.2f}ms, "\n              f"mem {torch.cuda.max_memory_allocated() / 2**20:.1f} '
-     'MiB on {torch.cuda.get_device_name()}"', '"'),
-]
+from portkit.conformance.unchanged import TRAIN_EDITS  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

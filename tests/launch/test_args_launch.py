@@ -98,11 +98,6 @@ def test_bad_layout_is_reported_not_raised(capsys, fresh_runtime):
     assert rc == 2 and "tensor-parallel size 4" in capsys.readouterr().err
 
 
-needs_tuning = pytest.mark.skipif(getattr(portkit.tuning, "launch_env", None) is None,
-                                  reason="portkit.tuning.launch_env is not in this build")
-
-
-@needs_tuning
 def test_dry_run_with_a_shipped_tuning_profile(capsys, fresh_runtime):
     rc = launch.main(parse("--backend", "cpu", "--nproc-per-node", "2", "--tune-profile", "nvidia-ib",
                            "--dry-run", "x.py"))
@@ -110,7 +105,6 @@ def test_dry_run_with_a_shipped_tuning_profile(capsys, fresh_runtime):
     assert rc == 0 and "NCCL_IB_TIMEOUT=22" in out
 
 
-@needs_tuning
 def test_unknown_tuning_profile_stops_the_launch(capsys, fresh_runtime):
     rc = launch.main(parse("--backend", "cpu", "--nproc-per-node", "2", "--tune-profile", "nope", "--dry-run", "x.py"))
     assert rc == 2 and "nope" in capsys.readouterr().err

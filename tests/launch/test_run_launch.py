@@ -3,7 +3,6 @@ import argparse
 import textwrap
 from pathlib import Path
 
-import pytest
 
 from portkit import launch
 
@@ -47,9 +46,7 @@ def test_failing_job_returns_its_exit_code(tmp_path, monkeypatch, fresh_runtime)
     assert run("--backend", "cpu", "--nproc-per-node", "2", "--", str(script)) != 0
 
 
-@pytest.mark.skipif(not TINY.exists(), reason=f"{TINY.relative_to(ROOT)} is not in this tree yet")
 def test_two_process_launch_of_the_tiny_recipe(tmp_path, monkeypatch, fresh_runtime):
-    pytest.importorskip("portkit.models.runner", reason="the recipe runner is not in this build")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     recipe = tmp_path / "tiny-ddp.yaml"  # the tiny recipe, data-parallel over the two processes
     recipe.write_text(TINY.read_text() + "\nstrategy: {name: ddp}\n")

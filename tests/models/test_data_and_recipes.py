@@ -80,3 +80,19 @@ def test_shipped_recipes_validate_and_data_paths_resolve(tmp_path):
     (tmp_path / "mine.jsonl").write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n")
     r = R.load(_recipe(tmp_path, "name: x\ndata: {sft: mine.jsonl}\n"))
     assert r.data.sft == str(tmp_path / "mine.jsonl")
+
+
+def test_demonstrations_are_of_mixed_quality_and_eval_prompts_are_held_out():
+    rows = D.load_jsonl(D.default_path("sft"), "sft")
+    long = [r for r in rows if len(r["prompt"].partition(": ")[2].replace(" ", "")) >= make_data.STUTTER_LEN]
+    short = [r for r in rows if r not in long]
+    assert all(r["response"] == make_data.solve(r["prompt"]) for r in short)
+    stuttered = [r for r in long if r["response"] != make_data.solve(r["prompt"])]
+    assert all(r["response"] == make_data.stutter(make_data.solve(r["prompt"])) for r in stuttered)
+    assert abs(len(stuttered) / len(long) - make_data.STUTTER_SHARE) < 0.03
+    answers = [make_data.solve(r["prompt"]) for r in rows]  # a stutter is the only doubled character
+    assert not any(a[i] == a[i + 1] for a in answers for i in range(len(a) - 1))
+    held = {r["prompt"] for r in D.load_jsonl(D.default_path("reward_eval"), "reward_eval")}
+    ppo = [r["prompt"] for r in D.load_jsonl(D.default_path("prompts"), "prompts")]
+    assert len(held) >= 1000 and len(set(ppo)) == len(ppo) >= 2000 and not held & set(ppo)
+    assert make_data.stutter("dcba") == "dcbaa" and make_data.stutter("1 2 9") == "1 2 99"

@@ -121,3 +121,22 @@ def test_graph_replay_draws_the_tokens_of_the_plain_loop_gpu():
     runs = [m.generate(idx, valid, 40, eos_id=-1, pad_id=0, generator=torch.Generator(device=dev).manual_seed(1),
                        graphs=g) for g in (True, False)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+@pytest.mark.parametrize("temperature, top_k", [(1.0, 0), (0.7, 0), (0.7, 5), (1.3, 3)])
+def test_sequence_logprobs_are_of_the_distribution_sampled_from(temperature, top_k):
+    """PPO's ratio and KL need the log-probabilities generate() sampled with: logits / T, top-k kept."""
+    m, tok = tiny(), ByteTokenizer()
+    idx = torch.randint(0, 256, (3, 4))
+    seq, valid = m.generate(idx, torch.ones_like(idx, dtype=torch.bool), 5, tok.eos_id, tok.pad_id, temperature,
+                            top_k, torch.Generator().manual_seed(1))
+    got = sequence_logprobs(m, seq, valid, 4, temperature, top_k)
+    want = []
+    for t in range(4, seq.shape[1]):  # token by token, as the sampler saw them
+        logits = m(seq[:, :t], valid=valid[:, :t]) / temperature
+        if top_k:
+            logits = logits.masked_fill(logits < logits.topk(top_k).values[:, -1:], float("-inf"))
+        want.append(torch.log_softmax(logits, -1).gather(1, seq[:, t:t + 1]))
+    want = torch.cat(want, 1).masked_fill(~valid[:, 4:], 0)
+    assert torch.allclose(got.masked_fill(~valid[:, 4:], 0), want, atol=1e-4)
+    assert torch.isfinite(got[valid[:, 4:]]).all()  # every sampled token is inside the top k

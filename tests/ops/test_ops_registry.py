@@ -97,7 +97,8 @@ def test_the_builtin_triton_plugin_registers_every_op_for_triton_backends(impls)
              "softmax_bwd", "cross_entropy_chunk", "linear_cross_entropy_fwd", "adamw_step"]
     for op in fused:
         expected = ["triton", "aten"] if "norm" in op else ["triton"]
-        assert rows[op]["implementations"] == expected + ["reference"], op
+        builtin = [n for n in rows[op]["implementations"] if not n.startswith("testvendor.")]  # the test plugin's own
+        assert builtin == expected + ["reference"], op
         assert rows[op]["selected"] == "reference"  # the CPU backend has no Triton
     impl = impls._impls["rms_norm_fwd"][0]
     assert isinstance(impl.fn, LazyKernel) and impl.priority == 10

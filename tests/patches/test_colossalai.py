@@ -31,6 +31,7 @@ def test_accelerator_and_kernels_answer_from_portkit(colo):
     from colossalai.accelerator import get_accelerator
     from colossalai.kernel.kernel_loader import CPUAdamLoader, FusedOptimizerLoader, LayerNormLoader
     import colossalai.zero.low_level.low_level_optim  # noqa: F401  (applies the pending ZeRO patches)
+    import colossalai.booster.booster  # noqa: F401  (and the Booster check)
     accel = get_accelerator()
     assert _colo_accelerator.is_portkit(accel)
     assert (accel.name, accel.communication_backend, accel.get_current_device()) == ("cpu", "gloo", torch.device("cpu"))

@@ -16,7 +16,7 @@ from portkit.scaffold.cli import ScaffoldError, make_spec, write_package
     ("class", "lowercase Python identifier"),
     ("cpu", "built-in portkit plugin name"),
     ("cuda", "built-in portkit plugin name"),
-    ("ops", "built-in portkit plugin name"),
+    ("rocm", "built-in portkit plugin name"),
 ])
 def test_bad_names_are_refused_with_the_fix(name, fragment):
     with pytest.raises(ScaffoldError, match=fragment):
@@ -40,7 +40,8 @@ def test_unknown_device_type_needs_a_dist_backend():
 def test_package_files_are_complete_and_filled(tmp_path):
     files = write_package(make_spec("acme_npu", "npu", None), tmp_path / "pkg")
     assert sorted(p.relative_to(tmp_path / "pkg").as_posix() for p in files) == [
-        "README.md", "portkit_acme_npu/__init__.py", "pyproject.toml", "tests/test_conformance.py"]
+        "README.md", "portkit_acme_npu/__init__.py", "portkit_acme_npu/ops.py", "pyproject.toml",
+        "tests/test_conformance.py"]
     keys = make_spec("acme_npu", "npu", None).values()
     for path in files:
         text = path.read_text()
@@ -49,10 +50,11 @@ def test_package_files_are_complete_and_filled(tmp_path):
             compile(text, str(path), "exec")
     pyproject = (tmp_path / "pkg" / "pyproject.toml").read_text()
     assert '[project.entry-points."portkit.backends"]\nacme_npu = "portkit_acme_npu"' in pyproject
+    assert '[project.entry-points."portkit.ops"]\nacme_npu = "portkit_acme_npu.ops"' in pyproject
     assert 'name = "portkit-acme_npu"' in pyproject
     module = (tmp_path / "pkg" / "portkit_acme_npu" / "__init__.py").read_text()
-    assert "class AcmeNpuBackend(portkit.Backend):" in module
-    assert 'DEVICE_TYPE = "npu"' in module and 'TORCH_EXTENSION = "torch_npu"' in module
+    assert "class AcmeNpuBackend(portkit.ExtensionBackend):" in module
+    assert 'device_type = "npu"' in module and 'torch_extension = "torch_npu"' in module
 
 
 def test_refuses_a_non_empty_folder(tmp_path):
@@ -74,7 +76,7 @@ def load_generated(tmp_path, ready: bool):
     write_package(make_spec("acme", "npu", None), tmp_path / "pkg")
     path = tmp_path / "pkg" / "portkit_acme" / "__init__.py"
     if ready:
-        path.write_text(path.read_text().replace("HARDWARE_READY = False", "HARDWARE_READY = True"))
+        path.write_text(path.read_text().replace("hardware_ready = False", "hardware_ready = True"))
     spec = importlib.util.spec_from_file_location(f"portkit_acme_{ready}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -92,5 +94,5 @@ def test_generated_backend_is_a_cpu_stand_in_until_flipped(tmp_path):
 def test_flipped_backend_without_its_extension_says_why(tmp_path):
     cls = load_generated(tmp_path / "ready", ready=True)
     assert (cls.device_type, cls.dist_backend, cls.torch_extension) == ("npu", "hccl", "torch_npu")
-    assert cls().probe() == "torch_npu is not installed; install the torch extension of the device"
+    assert cls().probe() == "torch_npu is not installed ()"  # install_hint is the vendor's to write
     assert "torch_npu" not in sys.modules

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from portkit.conformance.cli import GROUP_NAMES
+
 NAME = "acme"
 FAST_GROUPS = "contract,ops,collectives,checkpoint"  # every group that a broken plugin could affect cheaply
 
@@ -23,12 +25,12 @@ def portkit(*args: str, site: Path | None = None, cwd: Path | None = None, timeo
                           capture_output=True, text=True, timeout=timeout)
 
 
-def scaffold_and_install(root: Path, edit=None) -> Path:
-    """Scaffold `acme` (device type npu) under root, apply `edit` to its module, install it
+def scaffold_and_install(root: Path, edit=None, file: str = "__init__.py") -> Path:
+    """Scaffold `acme` (device type npu) under root, apply `edit` to its `file`, install it
     into root/site as pip would install a vendor's package; returns root/site."""
     done = portkit("new-backend", NAME, "--device-type", "npu", "--out", str(root / "pkg"))
     assert done.returncode == 0, done.stderr
-    module = root / "pkg" / f"portkit_{NAME}" / "__init__.py"
+    module = root / "pkg" / f"portkit_{NAME}" / file
     if edit is not None:
         text = module.read_text()
         module.write_text(edit(text))
@@ -68,10 +70,12 @@ def test_scaffolded_backend_shows_up_in_doctor(installed):
 
 
 def test_scaffolded_backend_passes_every_group(installed, tmp_path):
+    backend = (installed / f"portkit_{NAME}" / "__init__.py").read_text().splitlines()
+    assert len(backend) <= 40, f"the written backend has {len(backend)} lines"  # a subclass of ExtensionBackend
     rc, report = conformance(installed, tmp_path / "acme.json")
     assert failures(report) == {} and rc == 0
     assert list(report["groups"]) == ["contract", "ops", "collectives", "deepspeed", "colossalai", "recipe",
-                                      "checkpoint"]
+                                      "checkpoint", "unchanged", "kernels"]
     ops = [c["name"] for c in report["groups"]["ops"]["checks"]]
     assert "rms_norm_fwd [acme.rms_norm_fwd]" in ops  # the scaffold's example kernel was certified
 
@@ -86,7 +90,7 @@ def test_generated_test_suite_runs_against_the_installed_plugin(installed):
 
 def test_missing_member_fails_only_the_contract(tmp_path):
     site = scaffold_and_install(tmp_path, lambda t: t.replace(
-        '    dist_backend = DIST_BACKEND if HARDWARE_READY else "gloo"\n', ""))
+        '    dist_backend = "hccl"', "    # dist_backend removed"))
     rc, report = conformance(site, tmp_path / "r.json", groups=FAST_GROUPS)
     assert rc == 1
     assert failures(report) == {"contract": [
@@ -96,7 +100,7 @@ def test_missing_member_fails_only_the_contract(tmp_path):
 
 def test_wrong_op_fails_only_the_ops_group(tmp_path):
     site = scaffold_and_install(tmp_path, lambda t: t.replace(
-        "    return y.to(x.dtype), rstd\n", "    return (x * 2).to(x.dtype), rstd\n"))
+        "    return y.to(x.dtype), rstd\n", "    return (x * 2).to(x.dtype), rstd\n"), file="ops.py")
     rc, report = conformance(site, tmp_path / "r.json", groups=FAST_GROUPS)
     assert rc == 1
     bad = failures(report)
@@ -108,7 +112,9 @@ def test_wrong_op_fails_only_the_ops_group(tmp_path):
 
 
 def test_builtin_cpu_passes(tmp_path):
-    rc, report = conformance(None, tmp_path / "cpu.json", backend="cpu")
+    """Every group but `unchanged`, which tests/conformance/test_unchanged_group.py runs on cpu."""
+    groups = ",".join(g for g in GROUP_NAMES if g != "unchanged")
+    rc, report = conformance(None, tmp_path / "cpu.json", backend="cpu", groups=groups)
     assert failures(report) == {} and rc == 0
 
 

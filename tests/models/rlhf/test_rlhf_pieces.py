@@ -80,3 +80,52 @@ def test_lr_schedule():
     assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
     assert lr_at(10, 100, 1.0, 10) == pytest.approx(1.0)
     assert lr_at(100, 100, 1.0, 10) == pytest.approx(0.1)
+
+
+def test_policy_pairs_rank_each_wrong_answer_below_the_right_one():
+    from portkit.models.rlhf.reward import _ranked
+    assert _ranked("upper: ab", ["AB", "AC", "AB", "ab"]) == [
+        {"prompt": "upper: ab", "chosen": "AB", "rejected": "AC"}, {"prompt": "upper: ab", "chosen": "AB", "rejected": "ab"}]
+    assert _ranked("upper: ab", ["AC", "ab"]) == []  # no right answer sampled: nothing to rank against
+    assert _ranked("upper: ab", ["AB", "AB"]) == []
+
+
+def _eval_rows(before_greedy, after_greedy, before_sampled, after_sampled):
+    from portkit.models.rlhf import evaluate as E
+    rows, before = [], None
+    for policy, g, s in (("sft", before_greedy, before_sampled), ("ppo", after_greedy, after_sampled)):
+        now = {"greedy": torch.tensor(g), "sampled": torch.tensor(s), "score": torch.zeros(len(g)),
+               "kl": torch.full((len(g),), 0.0 if before is None else 0.1), "examples": []}
+        rows.append({"stage": "eval", "step": E.STEPS[policy], **E.record(policy, now, before)})
+        before = now
+    return rows
+
+
+def test_ppo_check_fails_for_a_policy_that_did_not_change():
+    from portkit.models import report
+    right = [True] * 700 + [False] * 500
+    sampled = [bool(i % 3) for i in range(1200)]
+    resampled = [bool(i % 3 == 1 or i % 7 == 0) for i in range(1200)]  # other samples, the same rate
+    held = report.heldout(_eval_rows(right, right, sampled, resampled))
+    assert held["ppo"]["greedy_acc_before"] == held["ppo"]["greedy_acc_after"] == pytest.approx(700 / 1200)
+    c = report.checks({}, {}, held)
+    assert c["ppo_heldout_greedy_acc_rises_beyond_noise"] is False
+    assert c["ppo_heldout_sampled_acc_rises_beyond_noise"] is False
+    assert c["ppo_heldout_kl_le_0.5"] is True
+
+
+def test_ppo_check_needs_a_gain_beyond_the_noise():
+    from portkit.models import report
+    before = [True] * 600 + [False] * 600
+    few = before[:600] + [True] * 6 + [False] * 594      # +0.5 points: within 3 standard errors
+    many = before[:600] + [True] * 120 + [False] * 480   # +10 points
+    for after, passes in ((few, False), (many, True)):
+        held = report.heldout(_eval_rows(before, after, before, after))
+        assert report.checks({}, {}, held)["ppo_heldout_greedy_acc_rises_beyond_noise"] is passes, held["ppo"]
+
+
+def test_policy_pairs_make_their_share_of_every_batch():
+    from portkit.models.rlhf.reward import draw_weights
+    w = draw_weights(9000, 1000, 0.5)
+    assert w[:9000].sum().item() == pytest.approx(0.5) and w[9000:].sum().item() == pytest.approx(0.5)
+    assert torch.equal(draw_weights(10, 0, 0.5), torch.ones(10))  # no own pairs: the file's, uniformly
