@@ -34,10 +34,22 @@ class Strategy:
             raise ValueError(f"tp must be >= 1, got {self.tp}")
 
 
+MAX_COUNT = 10_000_000  # steps, iterations, batch sizes, samples: more is a typo, not a plan
+
+
 def _positive(obj, *keys):
     for key in keys:
-        if getattr(obj, key) <= 0:
-            raise ValueError(f"{key} must be > 0, got {getattr(obj, key)}")
+        value = getattr(obj, key)
+        if value <= 0:
+            raise ValueError(f"{key} must be > 0, got {value}")
+        if isinstance(value, int) and value > MAX_COUNT:
+            raise ValueError(f"{key} must be at most {MAX_COUNT:,}, got {value:,}")
+
+
+def _not_negative(obj, *keys):
+    for key in keys:
+        if getattr(obj, key) < 0:
+            raise ValueError(f"{key} must be >= 0, got {getattr(obj, key)}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -50,6 +62,7 @@ class SFT:
 
     def __post_init__(self):
         _positive(self, "steps", "batch_size", "lr")
+        _not_negative(self, "warmup", "weight_decay")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -63,6 +76,7 @@ class Reward:
 
     def __post_init__(self):
         _positive(self, "steps", "batch_size", "lr", "eval_every")
+        _not_negative(self, "warmup", "weight_decay")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -92,8 +106,11 @@ class PPO:
                   "actor_lr", "critic_lr", "clip", "value_clip")
         if self.rollout_batch % self.minibatch:
             raise ValueError(f"rollout_batch ({self.rollout_batch}) must be a multiple of minibatch ({self.minibatch})")
-        if self.kl_coef < 0:
-            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        _positive(self, "temperature", "kl_horizon")
+        _not_negative(self, "kl_coef", "top_k")
+        for key in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"{key} must be in [0, 1], got {getattr(self, key)}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -110,7 +127,8 @@ class Rejection:
 
     def __post_init__(self):
         _positive(self, "rounds", "prompts_per_round", "n_samples", "max_new_tokens", "steps_per_round",
-                  "batch_size", "lr")
+                  "batch_size", "lr", "temperature")
+        _not_negative(self, "top_k")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -130,9 +148,12 @@ class Recipe:
     reward: Reward = field(default_factory=Reward)
     ppo: PPO = field(default_factory=PPO)
     rejection: Rejection = field(default_factory=Rejection)
+    enforce_checks: bool = True                # a FAIL in the report's checks makes `portkit run` exit 1
     path: str = ""                             # set by load(): the recipe file
 
     def __post_init__(self):
+        if not self.stages:
+            raise ValueError(f"stages: empty; list at least one of {', '.join(STAGES)} (in that order)")
         bad = [s for s in self.stages if s not in STAGES]
         if bad:
             raise ValueError(f"stages: unknown stage {bad[0]!r}; choose from {', '.join(STAGES)}")

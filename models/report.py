@@ -6,6 +6,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from portkit import atomic
+
 KL_BOUND = 1.0   # nats per response: the mean KL to the reference over any 10 consecutive PPO
 KL_WINDOW = 10   # iterations must stay below KL_BOUND (one rollout batch alone is noisy)
 RM_ACC_MIN = 0.9
@@ -83,7 +85,7 @@ def plot(rows: list[dict], out: Path) -> list[str]:
             ax.set_xlabel("iteration" if stage in ("ppo", "rejection") else "step")
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out / f"{stage}.png", dpi=100)
+        atomic.write(out / f"{stage}.png", lambda f: fig.savefig(f, format="png", dpi=100))
         plt.close(fig)
         made.append(f"{stage}.png")
     return made
@@ -99,8 +101,8 @@ def write(out: Path, recipe, run, backend, strategy, seconds: float) -> tuple[Pa
             "seconds_per_stage": {s: run.elapsed.get(s) for s in recipe.stages},
             "rm_heldout_acc": rm_acc, "figures": fig, "checks": checks(fig, rm_acc), "versions": versions(),
             "plots": plot(rows, out)}
-    (out / "report.json").write_text(json.dumps(data, indent=1))
-    (out / "report.md").write_text(markdown(data))
+    atomic.write(out / "report.json", json.dumps(data, indent=1))
+    atomic.write(out / "report.md", markdown(data))
     return out / "report.md", out / "report.json"
 
 
@@ -121,6 +123,10 @@ def markdown(d: dict) -> str:
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in d["plots"]]
     lines += ["", "## Versions", ""] + [f"- {k} {v}" for k, v in d["versions"].items()]
     return "\n".join(lines) + "\n"
+
+
+def failed_checks(out: Path) -> list[str]:
+    return [name for name, ok in json.loads((out / "report.json").read_text())["checks"].items() if not ok]
 
 
 def summary_text(out: Path) -> str:

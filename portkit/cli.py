@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from portkit.errors import UserError, report
+
 COMMANDS = {  # name -> (module, one-line help)
     "doctor": ("portkit.doctor", "explain this machine: backends, devices, frameworks, patches, ops, plugin errors"),
     "run": ("portkit.models.runner", "run a training recipe (SFT, reward model, PPO) on the best backend"),
@@ -31,6 +33,7 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, (module, help_) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(_module=module)
+        sp.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
         mod = _load(module) if name == command else None
         if mod is not None:
             mod.configure(sp)
@@ -54,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     if mod is None:
         print(f"portkit {args.command}: not available in this build ({args._module} is missing)", file=sys.stderr)
         return 2
-    return mod.main(args) or 0
+    try:
+        return mod.main(args) or 0
+    except UserError as e:  # bad input: one message naming file, key and fix; exit 2
+        return report(f"portkit {args.command}", e, args.debug)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,12 @@ import sys
 from dataclasses import dataclass
 from typing import Mapping
 
+from portkit.errors import UserError
+
 DEFAULT_PORT = 29500
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError, ValueError):
     pass
 
 
@@ -202,9 +204,7 @@ def plugin_env(backend, env: dict) -> list[tuple[str, dict]]:
     p = runtime.plugins()
     before = len(p.errors)
     out = p.call("portkit_launch_env", backend=backend, env=dict(env))
-    for err in p.errors[before:]:
-        print(f"portkit launch: plugin {err.plugin!r} failed in {err.stage} and was skipped: {err.reason}",
-              file=sys.stderr)
+    p.warn("portkit launch", since=before)
     return out
 
 

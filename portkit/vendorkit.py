@@ -19,6 +19,7 @@ from pathlib import Path
 
 import portkit
 from portkit import runtime
+from portkit.errors import UserError
 from portkit.plugins import GROUP
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
@@ -41,7 +42,7 @@ FILES = {
 }
 
 
-class ScaffoldError(ValueError):
+class ScaffoldError(UserError, ValueError):
     pass
 
 
