@@ -81,7 +81,7 @@ class Checkpoints:
             data = json.loads(self.manifest.read_bytes())
             doc = build(Manifest, data, f"{self.manifest}: manifest")
         except (ValueError, ConfigError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise CheckpointError(f"unreadable checkpoint manifest ({e})", file=self.manifest, fix=FIX) from None
+            raise CheckpointError(f"unreadable manifest ({e})", file=self.manifest, fix=FIX) from None
         for i, e in enumerate(doc.entries):
             for name in e.files:
                 if Path(name).name != name or not name.endswith(".pt"):

@@ -6,6 +6,7 @@ Public API (everything else is internal):
     portkit.backend() / portkit.select_backend(name) / portkit.registered_backends(), portkit.Backend, portkit.hookimpl.
 Importing portkit imports no training framework (deepspeed, colossalai, megatron).
 """
+from portkit import lifetime
 from portkit.backend import Backend, Capabilities
 from portkit.hookspecs import hookimpl
 from portkit.runtime import (BackendError, active as backend, backends as registered_backends, capabilities, device,
@@ -13,6 +14,8 @@ from portkit.runtime import (BackendError, active as backend, backends as regist
                              select as select_backend, synchronize)
 
 __version__ = "0.1.0"
+
+lifetime.bind_to_parent()  # under `portkit launch`: die with the torchrun agent, never outlive it
 
 __all__ = ["Backend", "BackendError", "Capabilities", "hookimpl", "backend", "registered_backends", "capabilities",
            "device", "device_count", "dist_backend", "manual_seed", "memory_stats", "peak_bf16_tflops",

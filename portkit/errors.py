@@ -52,4 +52,4 @@ def contained(root: str | Path, relative: str | Path, file: str | Path | None = 
         raise UserError(f"{str(relative)!r} leads outside {root_real}", file=file, key=key,
                         allowed=f"a relative path inside {root_real} (no '..', no absolute path)",
                         fix="correct the path")
-    return root_real / Path(relative)
+    return Path(root) / relative

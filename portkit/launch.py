@@ -270,4 +270,8 @@ def main(args) -> int:
     print("command:", shlex.join(argv), flush=True)
     if args.dry_run:
         return 0
-    return subprocess.run(argv, env={**os.environ, **env}, check=False).returncode
+    from portkit import lifetime  # the workers die with the torchrun agent (lifetime.bind_to_parent)
+    rc = subprocess.run(argv, env={**os.environ, **env, lifetime.ENV: "1"}, check=False).returncode
+    if rc < 0:
+        print(f"portkit launch: torchrun ended by signal {-rc}; its workers ended with it", file=sys.stderr)
+    return 128 - rc if rc < 0 else rc
