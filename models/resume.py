@@ -5,7 +5,8 @@
 lines are the ones the last of them was taken with (count and sha256). A shorter prefix than
 the whole manifest is said, with the reason; when none fits, or the manifest is missing while
 checkpoint files exist, or the recipe no longer fits the checkpoints, it refuses (exit 2)
-and changes nothing. Only a run started over deletes checkpoints.
+and changes nothing. Only a run started over deletes checkpoints; it writes an empty manifest
+first, so files without any manifest can only mean a lost one.
 """
 from __future__ import annotations
 
@@ -28,18 +29,21 @@ def prepare_out(out: Path, resume: bool, ckpt: Checkpoints, note) -> None:
         note(f"starting over in {out}: previous metrics and checkpoints there are replaced")
     for old in ckpt.files_on_disk():
         old.unlink()
-    ckpt.manifest.unlink(missing_ok=True)
+    ckpt.dir.mkdir(parents=True, exist_ok=True)
+    ckpt.write_manifest([])
     atomic.write(metrics, b"")
 
 
 def resume_point(ckpt: Checkpoints, metrics: Path, note) -> list[Entry]:
     """The entries to resume from (the manifest and metrics cut to them), [] when none exist."""
     doc = ckpt.read()
-    if doc is None or not doc.entries:
+    if doc is None:  # a run writes its manifest first: files without one mean it was lost
         found = ckpt.files_on_disk()
         if found:
-            raise CheckpointError(f"{'lists no checkpoint' if doc else 'missing'}, while {len(found)} checkpoint "
-                                  f"file(s) are there (kept untouched)", file=ckpt.manifest, fix=FIX)
+            raise CheckpointError(f"missing, while {len(found)} checkpoint file(s) are there (kept untouched)",
+                                  file=ckpt.manifest, fix=FIX)
+        return []
+    if not doc.entries:  # files there were never committed
         return []
     check_meta(doc.meta, ckpt)
     lines = metrics.read_bytes().splitlines(keepends=True) if metrics.is_file() else []
