@@ -44,7 +44,10 @@ class Entry:
     def __post_init__(self):
         if self.step < 0 or self.metrics_lines < 0:
             raise ValueError(f"step and metrics_lines must be >= 0, got {self.step}, {self.metrics_lines}")
+        tag = f"{self.stage}-{'final' if self.final else f'{self.step:06d}'}"
         for name, digest in self.files.items():
+            if not re.fullmatch(re.escape(tag) + r"(-rank\d+)?\.pt", name):
+                raise ValueError(f"files: {name!r} is not a file of checkpoint {tag} ({tag}.pt or {tag}-rankN.pt)")
             if not re.fullmatch(r"[0-9a-f]{64}", digest):
                 raise ValueError(f"files.{name}: {digest!r} is not a sha256 hex digest")
 
@@ -84,9 +87,6 @@ class Checkpoints:
             raise CheckpointError(f"unreadable manifest ({e})", file=self.manifest, fix=FIX) from None
         for i, e in enumerate(doc.entries):
             for name in e.files:
-                if Path(name).name != name or not name.endswith(".pt"):
-                    raise CheckpointError(f"file name {name!r} is not a checkpoint file in {self.dir}",
-                                          file=self.manifest, key=f"entries[{i}].files", fix=FIX)
                 contained(self.dir, name, self.manifest, f"entries[{i}].files")
         return doc
 

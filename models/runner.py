@@ -251,7 +251,7 @@ def configure(parser) -> None:
 def main(args) -> int:
     recipe = R.load(args.recipe)
     out = Path(args.out) if args.out else contained("runs", recipe.name, recipe.path, "name")
-    backend = portkit.select_backend(args.backend or recipe.backend)
+    backend = select_backend(args.backend, recipe)
     from portkit.ops import registry
     registry.set_mode(recipe.ops)
     strategy = strategies.build(recipe.strategy)
@@ -261,7 +261,7 @@ def main(args) -> int:
     ckpt = Checkpoints(out, strategy.rank, strategy.sharded, fingerprint(recipe, model_config(recipe)))
     strategy.barrier()
     if strategy.is_main:
-        prepare_out(out, args.resume, ckpt, Progress(not args.quiet).note)
+        prepare_out(out, args.resume, ckpt, Progress(True).note)  # said even with --quiet
     strategy.barrier()
     run = Run(recipe, out, strategy, args.resume and bool(ckpt.entries()), args.quiet)
     run.progress.note(f"portkit run {recipe.name}: backend {backend.name}, device {run.device}, "
@@ -284,6 +284,18 @@ def main(args) -> int:
     del run  # its models and engines go before the process group does
     strategy.shutdown()
     return checks_status(recipe, failed)
+
+
+def select_backend(name: str | None, recipe: R.Recipe):
+    """The backend named by --backend, else the recipe, else PORTKIT_BACKEND, else auto; an error
+    says which of these named it."""
+    try:
+        return portkit.select_backend(name or recipe.backend)
+    except portkit.BackendError as e:
+        e.file, e.key = ((None, "--backend") if name else (recipe.path, "backend") if recipe.backend
+                         else (None, portkit.runtime.BACKEND_ENV) if os.environ.get(portkit.runtime.BACKEND_ENV)
+                         else (None, None))
+        raise
 
 
 def checks_status(recipe: R.Recipe, failed: list[str]) -> int:
