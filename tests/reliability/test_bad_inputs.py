@@ -242,3 +242,9 @@ def test_bad_profile(what, text, key, action, node, portkit_in, tmp_path):
     rc, err = portkit_in("tune", action, profile, "--root", node, *(["--yes"] if action == "apply" else []))
     _refused(rc, err, profile, key)
     assert tree(tmp_path) == before
+
+
+def test_unknown_backend_flag(portkit_in, tmp_path):
+    rc, err = portkit_in("run", TINY, "--backend", "tpu", "--out", tmp_path / "run")
+    assert rc == 2 and "--backend: unknown backend 'tpu'; allowed: " in err and "cpu" in err, err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
