@@ -86,7 +86,8 @@ def test_debug_shows_the_traceback(portkit_in, tmp_path):
 @pytest.fixture(scope="module")
 def killed_run(tmp_path_factory, portkit_cli):
     out = tmp_path_factory.mktemp("killed") / "run"
-    assert portkit_cli.run(out, env={"PORTKIT_KILL_AT": "step:reward#3"}).returncode == 137
+    # killed after reward step 3 (6 sft + 3 reward steps); last checkpoint: reward step 2
+    assert portkit_cli.run(out, env={"PORTKIT_KILL_AFTER_STEPS": "9"}).returncode == 137
     return out
 
 
@@ -144,11 +145,13 @@ def test_deleted_manifest_keeps_the_checkpoints(killed_run, portkit_in, tmp_path
     assert tree(out) == before and len(list((out / "checkpoints").glob("*.pt"))) == 3
 
 
-def test_emptied_metrics_are_not_silently_lost(killed_run, portkit_in, tmp_path):
-    """A kill while the old code rewrote metrics.jsonl left it empty; resume then lost the lines for good."""
+@pytest.mark.parametrize("damage", ["emptied", "deleted"])
+def test_lost_metrics_are_not_silently_ignored(damage, killed_run, portkit_in, tmp_path):
+    """A kill while resume rewrote metrics.jsonl (not atomically) left it empty, and the next
+    resume went on with the lines lost for good; a deleted file went unnoticed too."""
     out = tmp_path / "run"
     shutil.copytree(killed_run, out)
-    (out / "metrics.jsonl").write_text("")
+    (out / "metrics.jsonl").write_text("") if damage == "emptied" else (out / "metrics.jsonl").unlink()
     before = tree(out)
     rc, err = portkit_in("run", TINY, "--out", out, "--resume", "--quiet")
     _refused(rc, err, out / "metrics.jsonl", "metrics were lost")

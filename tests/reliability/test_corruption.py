@@ -39,7 +39,7 @@ def _flip(data: bytes) -> bytes:
 def killed_in_ppo(tmp_path_factory, portkit_cli):
     """A run killed in PPO after its first PPO checkpoint: every kind of file a run holds mid-way."""
     out = tmp_path_factory.mktemp("killed") / "run"
-    done = portkit_cli.run(out, env={"PORTKIT_KILL_AT": "step:ppo#3"})
+    done = portkit_cli.run(out, env={"PORTKIT_KILL_AFTER_STEPS": "13"})  # 6 sft + 4 reward + 3 of 3 ppo steps
     assert done.returncode == 137, done.stderr
     assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == sorted(CHECKPOINTS)
     return out
