@@ -11,4 +11,4 @@ mkdir -p "$OUT"
 "$PY" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
 "$PY" -c "import portkit; b = portkit.backend(); print(b.name, b.device_name(), b.capabilities())"
 "$PY" -m pytest -q -p no:cacheprovider tests/ops -m "gpu or triton" 2>&1 | tee "$OUT/ops-$NAME-tests.log"
-"$PY" -m portkit.bench ops --impls auto,triton,aten --json-out "$OUT/ops-$NAME.json" --markdown-out "$OUT/ops-$NAME.md"
+"$PY" -m portkit.bench.cli ops --impls auto,triton,aten --json-out "$OUT/ops-$NAME.json" --markdown-out "$OUT/ops-$NAME.md"

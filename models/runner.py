@@ -197,7 +197,7 @@ def run_stages(run: Run) -> None:
     """Each stage trains models built for it and ends with their final state; the next
     stage starts from fresh models loaded from that state (frameworks such as ZeRO-3
     leave the trained modules partitioned)."""
-    from portkit.models import ppo, rejection, reward, sft
+    from portkit.models.rlhf import ppo, rejection, reward, sft
     recipe = run.recipe
     portkit.manual_seed(recipe.seed)
     policy = new_policy(run)

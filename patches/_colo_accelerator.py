@@ -2,16 +2,15 @@
 
 Colossal-AI asks device questions through `colossalai.accelerator.get_accelerator()`
 (a BaseAccelerator, 41 abstract methods, most of them `torch.cuda.<same name>`). This class
-forwards them to the torch device module of the backend's device type (torch.cuda for
-CUDA and ROCm/DCU, torch.npu ...), and on the CPU to `HostDevice`, where work runs in
-order: streams and events exist and return at once, RNG is the CPU generator, memory is
-the backend's report. Name, device and communication backend come from the backend.
+forwards them to the backend's `module`: the torch device module of its device type
+(torch.cuda for CUDA and ROCm/DCU, torch.npu ...), and on the CPU portkit.hostdevice, where
+work runs in order: streams and events exist and return at once, RNG is the CPU
+generator, memory is the backend's report. Name, device and communication backend come from the backend.
 
 Built by `build()` at patch time, so importing this module does not import Colossal-AI.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any
 
@@ -19,127 +18,6 @@ import torch
 
 from portkit import runtime
 from portkit.backend import Backend
-
-
-class HostEvent:
-    def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False):
-        pass
-
-    def record(self, stream=None) -> None:
-        pass
-
-    def wait(self, stream=None) -> None:
-        pass
-
-    def query(self) -> bool:
-        return True
-
-    def synchronize(self) -> None:
-        pass
-
-
-class HostStream:
-    """A stream on a device that runs work in order: every wait is already satisfied."""
-
-    def __init__(self, device=None, priority: int = 0, **kwargs: Any):
-        self.device = torch.device("cpu")
-
-    def wait_stream(self, stream) -> None:
-        pass
-
-    def wait_event(self, event) -> None:
-        pass
-
-    def record_event(self, event=None) -> HostEvent:
-        return event or HostEvent()
-
-    def synchronize(self) -> None:
-        pass
-
-    def query(self) -> bool:
-        return True
-
-
-_DEFAULT_STREAM = HostStream()
-
-
-class HostDevice:
-    """What torch.<device> answers on the CPU, for the calls Colossal-AI makes."""
-
-    Stream, Event = HostStream, HostEvent
-
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-
-    def synchronize(self, device=None) -> None:
-        pass
-
-    def current_stream(self, device=None) -> HostStream:
-        return _DEFAULT_STREAM
-
-    default_stream = current_stream
-
-    def set_stream(self, stream) -> None:
-        pass
-
-    def stream(self, stream) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
-
-    def get_rng_state(self, device=None) -> torch.Tensor:
-        return torch.get_rng_state()
-
-    def get_rng_state_all(self) -> list:
-        return [torch.get_rng_state()]
-
-    def set_rng_state(self, new_state, device=None) -> None:
-        torch.set_rng_state(new_state)
-
-    def set_rng_state_all(self, new_states) -> None:
-        torch.set_rng_state(new_states[0])
-
-    def manual_seed(self, seed: int) -> None:
-        torch.manual_seed(seed)
-
-    manual_seed_all = manual_seed
-
-    def seed(self) -> None:
-        torch.seed()
-
-    seed_all = seed
-
-    def initial_seed(self) -> int:
-        return torch.initial_seed()
-
-    def empty_cache(self) -> None:
-        pass
-
-    def memory_stats(self, device=None) -> dict:
-        stats = self.backend.memory_stats()
-        return {"allocated_bytes.all.current": stats["allocated"], "allocated_bytes.all.peak": stats["peak_allocated"],
-                "reserved_bytes.all.current": stats["reserved"]}
-
-    def memory_allocated(self, device=None) -> int:
-        return self.backend.memory_stats()["allocated"]
-
-    def max_memory_allocated(self, device=None) -> int:
-        return self.backend.memory_stats()["peak_allocated"]
-
-    def memory_reserved(self, device=None) -> int:
-        return self.backend.memory_stats()["reserved"]
-
-    max_memory_reserved = max_memory_allocated
-
-    def reset_peak_memory_stats(self, device=None) -> None:
-        self.backend.reset_peak_memory()
-
-    reset_max_memory_allocated = reset_max_memory_cached = reset_peak_memory_stats
-
-    def get_device_name(self, device=None) -> str:
-        return self.backend.device_name(0)
-
-    def __getattr__(self, name: str):
-        raise RuntimeError(f"{name}() has no CPU meaning in portkit's Colossal-AI accelerator "
-                           f"(portkit.patches._colo_accelerator.HostDevice); avoid it on the CPU backend")
 
 
 # Colossal-AI methods that are `torch.<device>.<same name>(same arguments)`.
@@ -190,7 +68,7 @@ class _PortkitColoMixin:
 
     @property
     def dev(self) -> Any:
-        return HostDevice(self.backend) if self.on_host else self.backend.module
+        return self.backend.module  # on the CPU: portkit.hostdevice, the one host stand-in
 
     def get_version(self) -> str:
         if self._name == "cuda":

@@ -84,52 +84,7 @@ def portkit_builder(class_name: str) -> type[PortkitOpBuilder]:
     return type(f"Portkit{class_name}", (PortkitOpBuilder,), {"NAME": op, "factory": staticmethod(factory)})
 
 
-class _HostModule:
-    """torch.<device> as DeepSpeed's CPU accelerator sees it: no streams, RSS as memory."""
-
-    def __init__(self) -> None:
-        self.peak = psutil.Process().memory_info().rss
-
-    def rss(self, device_index=None) -> int:
-        mem = psutil.Process().memory_info().rss
-        self.peak = max(self.peak, mem)
-        return mem
-
-    def max_rss(self, device_index=None) -> int:
-        self.rss()
-        return self.peak
-
-    def reset_peak(self, device_index=None) -> None:
-        self.peak = psutil.Process().memory_info().rss
-
-    def synchronize(self, device_index=None) -> None:
-        pass
-
-    def get_rng_state(self, device_index=None) -> torch.Tensor:
-        return torch.get_rng_state()
-
-    def set_rng_state(self, new_state, device_index=None) -> None:
-        torch.set_rng_state(new_state)
-
-    def stream(self, stream) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
-
-    def current_stream(self, device_index=None) -> None:
-        return None
-
-    def empty_cache(self) -> None:
-        pass
-
-    manual_seed = manual_seed_all = staticmethod(torch.manual_seed)
-    initial_seed = staticmethod(torch.initial_seed)
-    default_stream = current_stream
-    memory_allocated = memory_reserved = rss
-    max_memory_allocated = max_memory_reserved = max_rss
-    reset_peak_memory_stats = reset_peak
-    Stream = Event = None
-
-
-# DeepSpeed method -> name of the same call on torch.<device> (or _HostModule on the CPU).
+# DeepSpeed method -> name of the same call on torch.<device> (portkit.hostdevice on the CPU).
 FORWARD = {
     "synchronize": "synchronize", "set_rng_state": "set_rng_state", "get_rng_state": "get_rng_state",
     "manual_seed": "manual_seed", "manual_seed_all": "manual_seed_all", "initial_seed": "initial_seed",
@@ -145,9 +100,6 @@ FORWARD = {
 TENSOR_TYPES = {"BFloat16Tensor": torch.bfloat16, "ByteTensor": torch.uint8, "DoubleTensor": torch.double,
                 "FloatTensor": torch.float, "HalfTensor": torch.half, "IntTensor": torch.int,
                 "LongTensor": torch.long}
-
-_HOST = None
-
 
 def _forward(attr: str) -> Callable:
     def method(self, *args, **kwargs):
@@ -189,11 +141,7 @@ class _PortkitAcceleratorMixin:
 
     @property
     def dev(self) -> Any:
-        """torch.<device type>, or the host stand-in on the CPU."""
-        global _HOST
-        if self.on_host:
-            _HOST = _HOST or _HostModule()
-            return _HOST
+        """torch.<device type>, or the host stand-in (portkit.hostdevice) on the CPU."""
         return self.backend.module
 
     def is_synchronized_device(self) -> bool:
@@ -237,11 +185,11 @@ class _PortkitAcceleratorMixin:
 
     @property
     def Stream(self):
-        return self.dev.Stream
+        return None if self.on_host else self.dev.Stream  # DeepSpeed's CPU accelerator: no streams
 
     @property
     def Event(self):
-        return self.dev.Event
+        return None if self.on_host else self.dev.Event
 
     def range_push(self, msg, domain=None, category=None):
         nvtx = getattr(self.dev, "nvtx", None)

@@ -127,7 +127,10 @@ class ApexShimFinder(importlib.abc.MetaPathFinder):
             is_pkg = SERVED[fullname][0]
             return importlib.machinery.ModuleSpec(fullname, _LOADER, is_package=is_pkg)
         if fullname.startswith("apex."):
-            raise ModuleNotFoundError(_unserved_message(fullname), name=fullname)
+            # name=None for what apex has (apex.amp ...): `from apex import amp` then shows this
+            # message instead of importlib's "cannot import name 'amp'" (it swallows name == fullname)
+            known = any(fullname == k or fullname.startswith(k + ".") for k in UNSERVED)
+            raise ModuleNotFoundError(_unserved_message(fullname), name=None if known else fullname)
         return None
 
 

@@ -74,6 +74,39 @@ def _rebinder(only: tuple[str, ...] = ()):
     return apply, undo
 
 
+# -- no silent fallback: DeepSpeed on an accelerator other than portkit's -------------------
+def check_accelerator() -> str | None:
+    """None when DeepSpeed's accelerator is portkit's, else the one line that says so and the fix."""
+    from deepspeed.accelerator import get_accelerator
+    from portkit.patches import _ds_accelerator
+    accel = get_accelerator()
+    if _ds_accelerator.is_portkit(accel):
+        return None
+    return (f"DeepSpeed runs on its own {type(accel).__name__} ({accel._name!r}), not on portkit's backend "
+            f"{runtime.active().name!r}: remove the script's set_accelerator(...) call or DS_ACCELERATOR setting")
+
+
+def _checked(fn):
+    def run(*args, **kwargs):
+        from portkit import adapt
+        problem = check_accelerator()
+        if problem is not None:
+            adapt.warn(problem)
+        return fn(*args, **kwargs)
+    run.__wrapped__ = fn
+    return run
+
+
+def _apply_check(module: Any) -> None:
+    for name in ("initialize", "init_distributed"):
+        patching.replace(module, name, _checked(getattr(module, name)), _saved)
+
+
+def _undo_check(module: Any) -> None:
+    for name in ("initialize", "init_distributed"):
+        patching.restore(module, name, _saved)
+
+
 def _patch(name: str, target: str, description: str, apply, undo) -> Patch:
     return Patch(name=name, framework=FRAMEWORK, versions=VERSIONS, target=target,
                  description=description, apply=apply, undo=undo)
@@ -92,6 +125,9 @@ PATCHES = [
     _patch("deepspeed.cpu_adam", "deepspeed.ops.adam.cpu_adam",
            "DeepSpeedCPUAdam loads portkit's Adam where cpu_adam is not built",
            *_rebinder(("CPUAdamBuilder",))),
+    _patch("deepspeed.accelerator_check", "deepspeed",
+           "deepspeed.initialize / init_distributed say so (one line) when DeepSpeed's accelerator is not portkit's",
+           _apply_check, _undo_check),
 ]
 
 

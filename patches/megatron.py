@@ -38,7 +38,7 @@ from portkit.patches import torch_cuda
 from portkit.patching import Patch
 
 FRAMEWORK = "megatron-core"
-VERSIONS = ">=0.16,<0.17"
+VERSIONS = ">=0.16,<0.17 || >=0.19,<0.20"  # tested: 0.16.1 (CPU, Python 3.11); 0.19.2 on the GPU machine (Python 3.12)
 
 # Megatron modules whose `torch` is redirected: the GPT model, tensor-parallel layers,
 # parallel state, pipeline schedules, DDP and the optimizer (the paths of a GPT training).
@@ -148,7 +148,8 @@ def init(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_s: float = 600.0) -
     sets it) if not yet started, and initialise Megatron's parallel_state and RNG tracker."""
     backend = runtime.active()
     enable()
-    torch_cuda.install()  # npu/mlu/xpu: Megatron also calls Tensor.cuda(); skipped on cuda and cpu
+    if backend.device_type != "cpu":  # npu/mlu/xpu: Megatron also calls Tensor.cuda()
+        torch_cuda.install()  # (skipped on cuda; on the CPU the per-module redirection suffices)
     _init_process_group(backend, timeout_s)
     from megatron.core import parallel_state, tensor_parallel
 

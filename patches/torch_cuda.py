@@ -5,26 +5,27 @@ in two ways, both reversible:
 
 - Scoped (used by framework adapters, e.g. patches/megatron.py): `device_module(backend)`
   is the object that stands for torch.cuda on a backend: torch.cuda itself on 'cuda',
-  torch.<type> on npu/mlu/xpu, and `CPUDeviceModule` on the CPU (device RNG = the CPU
-  generator, streams and events that run in order, no-op synchronize). `TorchProxy` is a
-  stand-in for the `torch` module whose `.cuda` is that object; an adapter puts it in
-  place of the module-global `torch` of the framework modules that need it, so nothing
-  else in the process changes.
+  torch.<type> on npu/mlu/xpu, and the backend's host stand-in (portkit.hostdevice) on the
+  CPU. `TorchProxy` is a stand-in for the `torch` module whose `.cuda` is that object; an
+  adapter puts it in place of the module-global `torch` of the framework modules that need
+  it, so nothing else in the process changes.
 - Global (the patch "torch.cuda.redirect", framework "torch", like torch_npu's
-  transfer_to_npu): where the active backend's device type is neither 'cuda' nor 'cpu',
-  every public `torch.cuda.<fn>` that torch.<type> also offers forwards to it; device
-  'cuda' (string, torch.device or `.cuda()`) in tensor factories, Tensor.to/.cuda,
-  nn.Module.to/.cuda and torch.Generator maps to the backend's device type; and
-  init_process_group(backend='nccl') takes the backend's communication library.
+  transfer_to_npu; `portkit exec` turns it on): where the active backend's device type is
+  not 'cuda', every `torch.cuda.<fn>` that torch.<type> (or the host stand-in) offers
+  forwards to it, with 'cuda' arguments mapped; on the CPU the rest raise one line naming
+  the fix. Device 'cuda' (string, torch.device or `.cuda()`) in tensor factories,
+  Tensor.to/.cuda, nn.Module.to/.cuda, torch.Generator and torch.load(map_location=) maps
+  to the backend's device type; torch.autocast / torch.amp / torch.cuda.amp (autocast,
+  GradScaler, custom_fwd) take it too; init_process_group and new_group with 'nccl' take
+  the backend's communication library. On the host, pin_memory and record_stream are
+  no-ops and DDP drops CUDA device_ids.
   Enable with `portkit.patching.enable("torch")` or `install()`; undo with `uninstall()`.
-  Not covered: a torch.device('cuda') object compares unequal to the mapped device,
-  and torch.cuda names that torch.<type> lacks still fail as they would without it.
+  Not covered: a torch.device('cuda') object compares unequal to the mapped device, and
+  C++ code handed such an object unmapped (outside the calls above) still fails.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import time
 import types
 from typing import Any
 
@@ -43,163 +44,9 @@ FACTORIES = ["empty", "zeros", "ones", "full", "rand", "randn", "randint", "rand
 TENSOR_METHODS = ["to", "new_empty", "new_zeros", "new_ones", "new_full", "new_tensor"]
 
 
-# -- the CPU stand-in for torch.cuda ----------------------------------------------------
-class _Event:
-    """A CPU event: recorded when called (work on the CPU runs in order)."""
-
-    def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False):
-        self.t: float | None = None
-
-    def record(self, stream=None) -> None:
-        self.t = time.perf_counter()
-
-    def elapsed_time(self, end: "_Event") -> float:
-        if self.t is None or end.t is None:
-            raise RuntimeError("elapsed_time needs both events recorded first")
-        return (end.t - self.t) * 1000.0
-
-    def query(self) -> bool:
-        return True
-
-    def synchronize(self) -> None:
-        pass
-
-    def wait(self, stream=None) -> None:
-        pass
-
-
-class _Stream:
-    """A CPU stream: work is already in order, so waits and syncs return at once."""
-
-    def __init__(self, device=None, priority: int = 0, **kwargs: Any):
-        self.device = torch.device("cpu")
-        self.priority = priority
-
-    def synchronize(self) -> None:
-        pass
-
-    def query(self) -> bool:
-        return True
-
-    def wait_stream(self, stream) -> None:
-        pass
-
-    def wait_event(self, event) -> None:
-        pass
-
-    def record_event(self, event=None) -> _Event:
-        event = event or _Event()
-        event.record()
-        return event
-
-
-_DEFAULT_STREAM = _Stream()
-
-
-def _noop(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-class CPUDeviceModule(types.ModuleType):
-    """What `torch.cuda` means when the device is the CPU. Names it does not define raise an
-    AttributeError that names the call, never a silent answer."""
-
-    def __init__(self) -> None:
-        super().__init__("portkit.cpu_as_cuda")
-        g = torch.default_generator
-        self.default_generators = (g,)
-        self.FloatTensor, self.HalfTensor, self.BFloat16Tensor = torch.FloatTensor, torch.HalfTensor, torch.BFloat16Tensor
-        self.LongTensor, self.IntTensor, self.ByteTensor = torch.LongTensor, torch.IntTensor, torch.ByteTensor
-        self.Stream, self.Event, self.ExternalStream = _Stream, _Event, _Stream
-        self.OutOfMemoryError = torch.OutOfMemoryError
-        self.nvtx = types.SimpleNamespace(range_push=_noop, range_pop=_noop, mark=_noop,
-                                          range=lambda *a, **k: contextlib.nullcontext())
-        self.random = self
-        self.amp = torch.cpu.amp
-
-    # device
-    def is_available(self) -> bool:
-        return True
-
-    def is_initialized(self) -> bool:
-        return True
-
-    def current_device(self) -> torch.device:
-        # Used as `device=torch.cuda.current_device()`: an int would mean "the accelerator".
-        return torch.device("cpu")
-
-    def device_count(self) -> int:
-        return 1
-
-    def set_device(self, device) -> None:
-        pass
-
-    def device(self, device=None):
-        return contextlib.nullcontext()
-
-    def synchronize(self, device=None) -> None:
-        pass
-
-    # streams
-    def current_stream(self, device=None) -> _Stream:
-        return _DEFAULT_STREAM
-
-    default_stream = current_stream
-
-    def stream(self, stream=None):
-        return contextlib.nullcontext()
-
-    def set_stream(self, stream) -> None:
-        pass
-
-    # random numbers: the device generator is the CPU generator
-    def manual_seed(self, seed: int) -> None:
-        torch.manual_seed(seed)
-
-    manual_seed_all = manual_seed
-
-    def seed(self) -> None:
-        torch.seed()
-
-    def initial_seed(self) -> int:
-        return torch.initial_seed()
-
-    def get_rng_state(self, device="cuda") -> torch.Tensor:
-        return torch.get_rng_state()
-
-    def set_rng_state(self, new_state: torch.Tensor, device="cuda") -> None:
-        torch.set_rng_state(new_state)
-
-    # memory: the process's resident memory as the backend reports it
-    def memory_allocated(self, device=None) -> int:
-        return runtime.memory_stats()["allocated"]
-
-    def max_memory_allocated(self, device=None) -> int:
-        return runtime.memory_stats()["peak_allocated"]
-
-    def memory_reserved(self, device=None) -> int:
-        return runtime.memory_stats()["reserved"]
-
-    def empty_cache(self) -> None:
-        pass
-
-    def reset_peak_memory_stats(self, device=None) -> None:
-        pass
-
-    def __getattr__(self, name: str):
-        raise AttributeError(f"torch.cuda.{name} has no CPU counterpart in portkit's redirection "
-                             f"(portkit.patches.torch_cuda.CPUDeviceModule); add it there or avoid the call")
-
-
-CPU_MODULE = CPUDeviceModule()
-
-
 def device_module(backend=None) -> Any:
     """The object that answers torch.cuda.* calls on `backend` (default: the active one)."""
-    backend = backend or runtime.active()
-    if backend.device_type == "cpu":
-        return CPU_MODULE
-    return getattr(torch, backend.device_type)
+    return (backend or runtime.active()).module
 
 
 class TorchProxy(types.ModuleType):
@@ -240,7 +87,7 @@ def _device_class(device_type: str):
     return device
 
 
-# -- the global redirection for npu / mlu / xpu ------------------------------------------
+# -- the global redirection (like torch_npu's transfer_to_npu, for every backend) --------
 
 
 _STATE: dict = {"saved": [], "type": None}  # what redirect() replaced, to put back in reverse
@@ -288,15 +135,19 @@ def _module_cuda(device_type: str):
     return cuda
 
 
-def _init_process_group(fn):
+def _nccl_mapping(fn, position: int):
+    """init_process_group / new_group with backend 'nccl' (argument `position` or keyword)
+    taking the active backend's communication library; a CUDA device_id is dropped on the CPU."""
     @functools.wraps(fn)
-    def init(*args, **kwargs):
+    def mapped(*args, **kwargs):
         if kwargs.get("backend") == "nccl":
             kwargs["backend"] = runtime.dist_backend()
-        elif args and args[0] == "nccl":
-            args = (runtime.dist_backend(),) + args[1:]
+        elif len(args) > position and args[position] == "nccl":
+            args = args[:position] + (runtime.dist_backend(),) + args[position + 1:]
+        if "device_id" in kwargs and runtime.active().device_type == "cpu":
+            kwargs.pop("device_id")
         return fn(*args, **kwargs)
-    return init
+    return mapped
 
 
 def _set(owner: Any, name: str, value: Any) -> None:
@@ -308,19 +159,96 @@ _MISSING = object()
 
 
 def redirect(device_type: str) -> None:
-    """Send torch.cuda calls and 'cuda' devices to `device_type` (npu, mlu, xpu ...)."""
+    """Send torch.cuda calls and 'cuda' devices to `device_type` (npu, mlu, xpu, or cpu:
+    the active backend's host stand-in, portkit.hostdevice)."""
     state = _STATE
     if state["type"] is not None:
         raise patching.PatchError(f"torch.cuda is already redirected to {state['type']!r}; undo it first")
-    target = getattr(torch, device_type, None)
+    target = runtime.active().module if device_type == "cpu" else getattr(torch, device_type, None)
     if target is None:
         raise patching.PatchError(f"torch.{device_type} does not exist: import the backend's torch "
                                   f"extension (portkit.select_backend does) before redirecting")
     state["type"] = device_type
-    for name in dir(torch.cuda):
-        if not name.startswith("_") and hasattr(target, name) and not isinstance(getattr(target, name), types.ModuleType):
-            _set(torch.cuda, name, getattr(target, name))
+    _redirect_cuda_names(target, device_type)
+    _redirect_amp(device_type)
     _redirect_devices(device_type)
+
+
+def _own_names(module: Any) -> list[str]:
+    """Public names torch.cuda defines itself (not typing helpers or submodules it imported)."""
+    names = []
+    for name in dir(module):
+        value = getattr(module, name, None)
+        if not name.startswith("_") and not isinstance(value, types.ModuleType) \
+                and str(getattr(value, "__module__", "")).startswith("torch.cuda"):
+            names.append(name)
+    return names
+
+
+def forwarded_names(target: Any) -> set[str]:
+    """The torch.cuda names the global redirection forwards to `target` (the backend's
+    device module); `portkit scan` reports from the same set."""
+    names = {name for name in _own_names(torch.cuda) if hasattr(target, name)}
+    return names | ({"_lazy_call"} if hasattr(target, "_lazy_call") else set())
+
+
+def _redirect_cuda_names(target: Any, device_type: str) -> None:
+    forwarded = forwarded_names(target)
+    for name in _own_names(torch.cuda):
+        if name in forwarded:
+            value = getattr(target, name)
+            wrap = callable(value) and not isinstance(value, type)
+            _set(torch.cuda, name, _mapping(value, device_type) if wrap else value)
+        elif device_type == "cpu" and callable(getattr(torch.cuda, name)):
+            _set(torch.cuda, name, _unserved(name))
+    if "_lazy_call" in forwarded:
+        _set(torch.cuda, "_lazy_call", target._lazy_call)
+
+
+def _unserved(name: str):
+    def call(*args, **kwargs):
+        raise RuntimeError(f"portkit: torch.cuda.{name} has no counterpart on backend {runtime.active().name!r}; "
+                           f"guard the call with `if torch.version.cuda:` or remove it")
+    call.__name__ = name
+    return call
+
+
+def _map_first(args: tuple, kwargs: dict, name: str, device_type: str) -> tuple[tuple, dict]:
+    """Map the device argument given first or as `name`=; GradScaler's defaults to 'cuda'."""
+    if args:
+        return (map_device(args[0], device_type),) + args[1:], kwargs
+    return args, dict(kwargs, **{name: map_device(kwargs.get(name, "cuda"), device_type)})
+
+
+def _redirect_amp(device_type: str) -> None:
+    """torch.autocast / torch.amp with 'cuda', torch.cuda.amp's autocast and GradScaler."""
+    real_autocast, real_scaler = torch.amp.autocast, torch.amp.GradScaler
+
+    class autocast(real_autocast):
+        def __init__(self, *args, **kwargs):
+            args, kwargs = _map_first(args, kwargs, "device_type", device_type)
+            super().__init__(*args, **kwargs)
+
+    class cuda_autocast(real_autocast):
+        def __init__(self, enabled: bool = True, dtype: torch.dtype = torch.float16, cache_enabled: bool = True):
+            super().__init__(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
+
+    class GradScaler(real_scaler):
+        def __init__(self, *args, **kwargs):
+            args, kwargs = _map_first(args, kwargs, "device", device_type)
+            super().__init__(*args, **kwargs)
+
+    class cuda_GradScaler(real_scaler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(device_type, *args, **kwargs)
+
+    for owner in (torch, torch.amp):
+        _set(owner, "autocast", autocast)
+    _set(torch.amp, "GradScaler", GradScaler)
+    _set(torch.cuda.amp, "autocast", cuda_autocast)
+    _set(torch.cuda.amp, "GradScaler", cuda_GradScaler)
+    for name in ("custom_fwd", "custom_bwd"):
+        _set(torch.cuda.amp, name, functools.partial(getattr(torch.amp, name), device_type=device_type))
 
 
 def _redirect_devices(device_type: str) -> None:
@@ -333,8 +261,37 @@ def _redirect_devices(device_type: str) -> None:
     _set(torch.nn.Module, "to", _mapping(torch.nn.Module.to, device_type))
     _set(torch.nn.Module, "cuda", _module_cuda(device_type))
     _set(torch, "Generator", _generator(device_type))
+    _set(torch, "load", _map_location(torch.load, device_type))
+    if device_type == "cpu":
+        _redirect_host_only()
     if torch.distributed.is_available():
-        _set(torch.distributed, "init_process_group", _init_process_group(torch.distributed.init_process_group))
+        dist = torch.distributed
+        _set(dist, "init_process_group", _nccl_mapping(dist.init_process_group, 0))
+        _set(dist, "new_group", _nccl_mapping(dist.new_group, 2))
+
+
+def _redirect_host_only() -> None:
+    """What CUDA code does that has no meaning on the host: pinning, stream records, DDP device_ids."""
+    _set(torch.Tensor, "pin_memory", lambda self, device=None: self)
+    _set(torch.Tensor, "record_stream", lambda self, stream: None)
+    ddp = torch.nn.parallel.DistributedDataParallel
+    _set(ddp, "__init__", _ddp_without_device_ids(ddp.__init__))
+
+
+def _ddp_without_device_ids(init):
+    @functools.wraps(init)
+    def __init__(self, module, device_ids=None, output_device=None, *args, **kwargs):
+        init(self, module, None, None, *args, **kwargs)
+    return __init__
+
+
+def _map_location(load, device_type: str):
+    @functools.wraps(load)
+    def mapped(*args, **kwargs):
+        if "map_location" in kwargs:
+            kwargs["map_location"] = map_device(kwargs["map_location"], device_type)
+        return load(*args, **kwargs)
+    return mapped
 
 
 def _generator(device_type: str):
@@ -371,14 +328,13 @@ def _needed() -> str | None:
     kind = runtime.active().device_type
     if kind == "cuda":
         return "the active backend is a CUDA/ROCm device: torch.cuda is native"
-    if kind == "cpu":
-        return "the CPU backend: adapters redirect torch.cuda per module (device_module), not globally"
     return None
 
 
 PATCHES = [
     Patch(name="torch.cuda.redirect", framework="torch", versions=TORCH_VERSIONS, target="torch.cuda",
-          description="torch.cuda.* and device='cuda' go to the active backend's device type (npu, mlu, xpu)",
+          description="torch.cuda.*, device 'cuda', autocast/GradScaler and nccl go to the active backend "
+                      "(npu, mlu, xpu, or the host on cpu)",
           apply=lambda module: redirect(runtime.active().device_type),
           undo=lambda module: undo_redirect(), needed=_needed),
 ]

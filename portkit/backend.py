@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from typing import Any, ClassVar
 
+import psutil
 import torch
 
 
@@ -56,7 +57,11 @@ class Backend:
 
     @property
     def module(self) -> Any:
-        """The torch device module (torch.cuda, torch.npu ...); torch.cpu for the CPU."""
+        """The torch device module (torch.cuda, torch.npu ...); on the CPU, portkit's host
+        stand-in for torch.cuda (portkit.hostdevice), shared by every adapter."""
+        if self.device_type == "cpu":
+            from portkit.hostdevice import host_device
+            return host_device(self)
         return getattr(torch, self.device_type)
 
     def device(self, index: int | None = None) -> torch.device:
@@ -75,10 +80,11 @@ class Backend:
         return self.module.device_count() if self.device_type != "cpu" else 1
 
     def device_name(self, index: int = 0) -> str:
-        return self.module.get_device_name(index)
+        return self.module.get_device_name(index) if self.device_type != "cpu" else "host CPU"
 
     def synchronize(self) -> None:
-        self.module.synchronize()
+        if self.device_type != "cpu":
+            self.module.synchronize()
 
     def manual_seed(self, seed: int) -> None:
         torch.manual_seed(seed)
@@ -87,13 +93,17 @@ class Backend:
 
     def memory_stats(self, index: int | None = None) -> dict[str, int]:
         """Bytes: allocated, peak_allocated, reserved, total."""
+        if self.device_type == "cpu":  # no allocator counters: this process's resident memory
+            rss = psutil.Process().memory_info().rss
+            return {"allocated": rss, "peak_allocated": rss, "reserved": rss, "total": psutil.virtual_memory().total}
         i = self.current_device() if index is None else index
         m = self.module
         return {"allocated": m.memory_allocated(i), "peak_allocated": m.max_memory_allocated(i),
                 "reserved": m.memory_reserved(i), "total": m.get_device_properties(i).total_memory}
 
     def reset_peak_memory(self) -> None:
-        self.module.reset_peak_memory_stats()
+        if self.device_type != "cpu":
+            self.module.reset_peak_memory_stats()
 
     def capabilities(self) -> Capabilities:
         return Capabilities(bf16=True, fp16=True, triton=self.has_triton())

@@ -12,12 +12,14 @@ COMMANDS = {  # name -> (module, one-line help)
     "doctor": ("portkit.doctor", "explain this machine: backends, devices, frameworks, patches, ops, plugin errors"),
     "run": ("portkit.models.runner", "run a training recipe (SFT, reward model, PPO) on the best backend"),
     "compare": ("portkit.models.compare", "compare two runs of the same recipe step by step, with a verdict"),
-    "bench": ("portkit.bench", "benchmark fused ops or training against native PyTorch on this device"),
+    "bench": ("portkit.bench.cli", "benchmark fused ops or training against native PyTorch on this device"),
     "tune": ("portkit.tuning.cli", "plan, apply, verify, roll back and export OS/TCP/communication tuning"),
+    "exec": ("portkit.exec", "run your own CUDA training script unchanged on the active backend"),
     "launch": ("portkit.launch", "launch a recipe over several processes or nodes through torchrun"),
-    "plan": ("portkit.plan", "plan parallel layouts and training time of a GPT on a cluster"),
-    "new-backend": ("portkit.vendorkit", "scaffold an installable backend plugin package"),
-    "conformance": ("portkit.conformance", "certify an installed backend: contract, ops, collectives, frameworks"),
+    "plan": ("portkit.plan.cli", "plan parallel layouts and training time of a GPT on a cluster"),
+    "new-backend": ("portkit.scaffold.cli", "scaffold an installable backend plugin package"),
+    "conformance": ("portkit.conformance.cli", "certify an installed backend: contract, ops, collectives, frameworks"),
+    "scan": ("portkit.scan", "report which CUDA-specific uses of a code base portkit adapts and which need work"),
 }
 
 

@@ -156,7 +156,8 @@ def topology(args, backend, env: Mapping[str, str]) -> Topology:
 
 
 def program(command: list[str]) -> list[str]:
-    """What each process runs: a recipe through `portkit run`, a script, or `-m module`."""
+    """What each process runs: a recipe through `portkit run`, or a script / `-m module`
+    through `portkit exec` (the same adaptation as a single process, in every worker)."""
     if command and command[0] == "--":
         command = command[1:]
     if not command:
@@ -165,7 +166,7 @@ def program(command: list[str]) -> list[str]:
     if first.endswith((".yaml", ".yml")):
         return ["-m", "portkit.cli", "run", *command]
     if first == "-m" or first.endswith(".py"):
-        return command
+        return ["-m", "portkit.cli", "exec", "--", *command]
     raise LaunchError(f"cannot launch {first!r}: expected a recipe (.yaml), a script (.py) or -m MODULE")
 
 

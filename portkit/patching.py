@@ -30,7 +30,7 @@ class PatchError(RuntimeError):
 class Patch:
     name: str                      # unique, e.g. "deepspeed.accelerator"
     framework: str                 # distribution name, e.g. "deepspeed"
-    versions: str                  # tested range, e.g. ">=0.19,<0.20"
+    versions: str                  # tested range(s), e.g. ">=0.19,<0.20" or ">=0.16,<0.17 || >=0.19,<0.20"
     target: str                    # module the patch changes, e.g. "deepspeed.accelerator"
     description: str               # one line for `portkit doctor`
     apply: Callable[[Any], None]   # apply(module)
@@ -82,10 +82,15 @@ def check_version(patch: Patch) -> str | None:
     found = framework_version(dist)
     if found is None:
         return f"{dist} is not installed"
-    if Version(found) not in SpecifierSet(patch.versions):
+    if not in_ranges(found, patch.versions):
         return (f"{dist} {found} is outside the tested range {patch.versions} "
                 f"of patch {patch.name!r}; install a version in that range or update the patch")
     return None
+
+
+def in_ranges(version: str, ranges: str) -> bool:
+    """Is `version` in one of the ranges ("A || B", each a PEP 440 specifier set)?"""
+    return any(Version(version) in SpecifierSet(r.strip()) for r in ranges.split("||"))
 
 
 def enable(framework: str, strict: bool = True) -> list[Patch]:
@@ -134,14 +139,24 @@ def _apply(patch: Patch, module: Any) -> None:
     patch.state, patch.reason = "applied", ""
 
 
+def on_import(module_name: str, fn: Callable[[Any], None]) -> None:
+    """Call fn(module) once `module_name` is imported: now if it already is, else right after
+    its import (a framework's first import by a script, never because it is installed)."""
+    if module_name in sys.modules:
+        fn(sys.modules[module_name])
+    else:
+        _hook.callbacks.setdefault(module_name, []).append(fn)
+
+
 class _PostImportHook(importlib.abc.MetaPathFinder):
-    """Runs pending patches right after their target module finishes importing."""
+    """Runs pending patches, then on_import callbacks, right after their module finishes importing."""
 
     def __init__(self) -> None:
         self.waiting: dict[str, list[Patch]] = {}
+        self.callbacks: dict[str, list[Callable[[Any], None]]] = {}
 
     def find_spec(self, fullname, path, target=None):
-        if not self.waiting.get(fullname):
+        if not self.waiting.get(fullname) and not self.callbacks.get(fullname):
             return None
         sys.meta_path.remove(self)  # find the real spec without recursing into ourselves
         try:
@@ -156,6 +171,8 @@ class _PostImportHook(importlib.abc.MetaPathFinder):
             exec_module(module)
             for patch in self.waiting.pop(fullname, []):
                 _apply(patch, module)
+            for fn in self.callbacks.pop(fullname, []):
+                fn(module)
 
         spec.loader.exec_module = exec_and_patch
         return spec

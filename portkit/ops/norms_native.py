@@ -1,7 +1,7 @@
 """RMSNorm and LayerNorm through PyTorch's own fused kernels (aten.native_layer_norm,
 aten._fused_rms_norm and their backwards), registered as the implementation "aten" on
 devices where torch ships them (CUDA and ROCm). Whether they rank above the Triton kernels
-is set in portkit.ops.plugin from measurement (docs/benchmarks.md); `PORTKIT_OPS=aten` or
+is set in portkit.ops.builtin from measurement (docs/benchmarks.md); `PORTKIT_OPS=aten` or
 `=triton` picks one for an A/B run. Same signatures as the references in norms.py.
 """
 from __future__ import annotations

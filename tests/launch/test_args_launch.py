@@ -13,8 +13,9 @@ from portkit.plugins import discover
 
 def test_program_for_recipe_script_and_module():
     assert program(["r.yaml", "--steps", "3"]) == ["-m", "portkit.cli", "run", "r.yaml", "--steps", "3"]
-    assert program(["--", "train.py", "--lr", "1"]) == ["train.py", "--lr", "1"]
-    assert program(["--", "-m", "pkg.mod", "x"]) == ["-m", "pkg.mod", "x"]
+    exec_ = ["-m", "portkit.cli", "exec", "--"]  # scripts run adapted in every worker
+    assert program(["--", "train.py", "--lr", "1"]) == exec_ + ["train.py", "--lr", "1"]
+    assert program(["--", "-m", "pkg.mod", "x"]) == exec_ + ["-m", "pkg.mod", "x"]
     with pytest.raises(LaunchError, match="nothing to launch"):
         program(["--"])
     with pytest.raises(LaunchError, match="expected a recipe"):
@@ -89,7 +90,7 @@ def test_dry_run_prints_layout_command_and_env_and_runs_nothing(capsys, fresh_ru
     out = capsys.readouterr().out
     assert rc == 0
     assert "world 2 = tp 1 x dp 2 x pp 1" in out and "PORTKIT_BACKEND=cpu" in out
-    assert "torch.distributed.run --nnodes 1 --nproc-per-node 2 --standalone nowhere.py a" in out
+    assert "torch.distributed.run --nnodes 1 --nproc-per-node 2 --standalone -m portkit.cli exec -- nowhere.py a" in out
 
 
 def test_bad_layout_is_reported_not_raised(capsys, fresh_runtime):

@@ -24,7 +24,7 @@ def test_native_layer_norm_matches_reference(shape, affine):
 
 
 def test_aten_norms_register_for_cuda_backends_only_with_their_measured_rank():
-    from portkit.ops import plugin
+    from portkit.ops import builtin as plugin
     impls = {i.op: i for i in plugin.portkit_register_ops() if i.name == "aten"}
     cuda, cpu = type("B", (), {"device_type": "cuda"})(), type("B", (), {"device_type": "cpu"})()
     assert set(impls) == {"layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd"}

@@ -8,7 +8,7 @@ import torch
 import portkit
 import portkit.ops as ops
 from portkit.ops import registry
-from portkit.ops.plugin import LazyKernel
+from portkit.ops.builtin import LazyKernel
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from portkit import patching, runtime
+from portkit.hostdevice import host_device
 from portkit.patches import megatron, torch_cuda
 
 
@@ -22,6 +23,10 @@ def megatron_patches():
 class FakeBackend:
     def __init__(self, device_type):
         self.name, self.device_type = f"fake-{device_type}", device_type
+
+    @property
+    def module(self):
+        return host_device(self) if self.device_type == "cpu" else getattr(torch, self.device_type)
 
 
 def test_megatron_patch_refuses_outside_tested_range(megatron_patches, monkeypatch):
@@ -44,7 +49,8 @@ def test_redirect_is_module_scoped_and_reversible(monkeypatch):
     mod = types.ModuleType("fake_megatron_module")
     mod.torch = torch
     megatron._redirect(mod)
-    assert mod.torch.cuda is torch_cuda.CPU_MODULE and torch.cuda is not torch_cuda.CPU_MODULE
+    host = runtime.active().module
+    assert mod.torch.cuda is host and torch.cuda is not host
     buf = mod.torch.empty(3, device=mod.torch.cuda.current_device())   # utils.GlobalMemoryBuffer
     lit = mod.torch.zeros(2, device="cuda")                              # device='cuda' literals
     dev = mod.torch.device("cuda", mod.torch.cuda.current_device())

@@ -91,23 +91,23 @@ def test_redirect_without_the_device_module_names_the_fix(monkeypatch):
         torch_cuda.redirect("mlu")
 
 
-def test_patch_applies_on_npu_and_skips_on_cpu_simulated(simulated_npu, monkeypatch):
+def test_patch_applies_on_npu_and_skips_on_cuda_simulated(simulated_npu, monkeypatch):
     (patch,) = [p for p in patching.all_patches() if p.name == "torch.cuda.redirect"]
     try:
         torch_cuda.install()
         assert patch.state == "applied" and torch_cuda.redirected_to() == "npu"
         torch_cuda.uninstall()
         assert patch.state == "undone" and torch_cuda.redirected_to() is None
-        monkeypatch.setattr(runtime, "_active", types.SimpleNamespace(name="cpu", device_type="cpu"))
+        monkeypatch.setattr(runtime, "_active", types.SimpleNamespace(name="cuda", device_type="cuda"))
         torch_cuda.install()
-        assert patch.state == "skipped" and "CPU backend" in patch.reason
+        assert patch.state == "skipped" and "torch.cuda is native" in patch.reason
     finally:
         torch_cuda.uninstall()
         patch.state, patch.reason = "registered", ""
 
 
-def test_cpu_device_module_answers_the_calls_frameworks_make():
-    cuda = torch_cuda.CPU_MODULE
+def test_host_device_module_answers_the_calls_frameworks_make(fresh_runtime):
+    cuda = fresh_runtime.select("cpu").module
     assert cuda.is_available() and cuda.current_device() == torch.device("cpu")
     state = cuda.get_rng_state()
     a = torch.rand(2)
@@ -118,5 +118,5 @@ def test_cpu_device_module_answers_the_calls_frameworks_make():
     assert end.elapsed_time(start) <= 0 <= start.elapsed_time(end)
     with cuda.stream(cuda.Stream()):
         cuda.current_stream().synchronize()
-    with pytest.raises(AttributeError, match="torch.cuda.CUDAGraph has no CPU counterpart"):
+    with pytest.raises(AttributeError, match="torch.cuda.CUDAGraph has no host counterpart"):
         cuda.CUDAGraph

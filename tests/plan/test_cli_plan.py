@@ -2,7 +2,7 @@
 import argparse
 import json
 
-from portkit import plan
+from portkit.plan import cli as plan
 
 
 def run(capsys, *argv):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import portkit
-from portkit.planmodel import GPT as PlanGPT, Layout, estimate, load_cluster
+from portkit.plan.costmodel import GPT as PlanGPT, Layout, estimate, load_cluster
 
 CASES = [("gpt2-124m", 12, 768, 12, 8), ("gpt2-124m", 12, 768, 12, 16), ("gpt2-350m", 24, 1024, 16, 8)]
 SEQ, VOCAB = 1024, 50304

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from portkit.config import ConfigError
-from portkit.planmodel import (GPT, PRESETS, Constraints, Layout, estimate, layouts, load_cluster, memory,
+from portkit.plan.costmodel import (GPT, PRESETS, Constraints, Layout, estimate, layouts, load_cluster, memory,
                                search, shipped_clusters, state_bytes)
 
 GPT3 = PRESETS["175b"][0]
@@ -83,7 +83,7 @@ def test_shipped_clusters_load_and_name_themselves():
 
 
 def test_cluster_file_with_unknown_key_names_file_and_key(tmp_path):
-    text = (load_cluster.__globals__["resources"].files("portkit") / "clusters" / "dgx-h100.yaml").read_text()
+    text = (load_cluster.__globals__["resources"].files("portkit.plan") / "clusters" / "dgx-h100.yaml").read_text()
     path = tmp_path / "mine.yaml"
     path.write_text(text + "nvlink_speed: 9\n")
     with pytest.raises(ConfigError, match=r"mine\.yaml.*'nvlink_speed'"):

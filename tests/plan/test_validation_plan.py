@@ -1,7 +1,7 @@
 """The cost model against published runs: each estimate within 30% of the published figure."""
 import pytest
 
-from portkit.planmodel import GPT, PRESETS, Constraints, load_cluster, search
+from portkit.plan.costmodel import GPT, PRESETS, Constraints, load_cluster, search
 
 A100 = load_cluster("dgx-a100-ib200")
 H100 = load_cluster("dgx-h100")

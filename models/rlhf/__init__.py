@@ -1,0 +1,1 @@
+"""The RLHF stages of a recipe: SFT, reward model, PPO and rejection sampling."""

@@ -1,0 +1,128 @@
+"""`portkit bench`: measure portkit against native PyTorch on this device.
+
+  portkit bench ops    fused ops beside their native peers (GB/s, time, peak memory)
+  portkit bench train  training throughput (portkit.bench.train)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+TRAIN_MODULE = "portkit.bench.train"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench_target", metavar="TARGET", required=True)
+    _configure_ops(sub.add_parser("ops", help="fused ops vs native PyTorch, with the copy bandwidth as the limit",
+                                  description="Each fused op and its native PyTorch peer side by side."))
+    train = sub.add_parser("train", help="training throughput (tokens/s, MFU) of a recipe",
+                           description="Training throughput of a recipe against its plain-PyTorch run.")
+    mod = _train_module()
+    if mod is not None:
+        mod.configure(train)
+    else:
+        train.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+def _configure_ops(p: argparse.ArgumentParser) -> None:
+    from portkit.bench.ops import OPS, DTYPES, BenchConfig
+    d = BenchConfig()
+    p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of: {', '.join(OPS)}")
+    p.add_argument("--dtype", default=d.dtype, choices=list(DTYPES), help="activation dtype (default %(default)s)")
+    p.add_argument("--rows", type=int, help=f"tokens of the activation ops (default {d.rows})")
+    p.add_argument("--hidden", type=int, help=f"model width (default {d.hidden})")
+    p.add_argument("--vocab", type=int, help=f"vocabulary of linear_cross_entropy (default {d.vocab})")
+    p.add_argument("--adamw-params", type=int, help=f"parameters of the AdamW step (default {d.adamw_params})")
+    p.add_argument("--iters", type=int, help=f"timed iterations, median taken (default {d.iters})")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd native peers")
+    p.add_argument("--impls", default="auto",
+                   help="comma-separated registry modes to time portkit's side under, e.g. auto,triton,aten "
+                        "(default %(default)s: the implementation dispatch picks)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run that also works on the CPU")
+    p.add_argument("--backend", help="backend to run on (default: the best available)")
+    p.add_argument("--json-out", type=Path, help="write the results as JSON here")
+    p.add_argument("--markdown-out", type=Path, help="write the results as a markdown table here")
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="print the markdown table of an earlier --json-out file and exit (measures nothing)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.bench_target == "train":
+        mod = _train_module()
+        if mod is None:
+            print(f"portkit bench train: not available in this build ({TRAIN_MODULE} is missing)", file=sys.stderr)
+            return 2
+        return mod.main(args) or 0
+    return _main_ops(args)
+
+
+def _train_module():
+    try:
+        return importlib.import_module(TRAIN_MODULE)
+    except ModuleNotFoundError as e:
+        if e.name not in (TRAIN_MODULE, "portkit.models"):
+            raise
+        return None
+
+
+def _config(args: argparse.Namespace):
+    from portkit.bench.ops import BenchConfig
+    given = {k: getattr(args, k) for k in ("rows", "hidden", "vocab", "adamw_params", "iters")
+             if getattr(args, k) is not None}
+    given.update(ops=_names(args.ops), dtype=args.dtype, compile=args.compile, impls=_names(args.impls))
+    return BenchConfig.quick_sizes(**given) if args.quick else BenchConfig(**given)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in text.split(",") if o.strip())
+
+
+def _main_ops(args: argparse.Namespace) -> int:
+    from portkit.bench import ops as benchmark
+    if args.render is not None:
+        print(benchmark.markdown(json.loads(args.render.read_text())), end="")
+        return 0
+    try:
+        cfg = _config(args)
+    except ValueError as e:
+        print(f"portkit bench ops: {e}", file=sys.stderr)
+        return 2
+    import portkit
+    portkit.select_backend(args.backend)
+    report = benchmark.run(cfg, progress=lambda op: print(f"  measuring {op} ...", file=sys.stderr, flush=True))
+    _print_table(report, benchmark)
+    if args.json_out:
+        write_output(args.json_out, json.dumps(report, indent=1) + "\n")
+    if args.markdown_out:
+        write_output(args.markdown_out, benchmark.markdown(report))
+    return 0
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write a result file (creating its folder) and say so on stderr."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _print_table(report: dict, benchmark) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"portkit bench ops on {report['device']} ({report['backend']}), "
+                        f"copy {report['copy_gbps']:.0f} GB/s")
+    for h in benchmark.HEADER:
+        table.add_column(h, justify="right" if h not in ("op", "mode", "shape", "native peer", "note") else "left")
+    for row in benchmark.table_rows(report):
+        table.add_row(*row)
+    console = Console()
+    console.width = max(console.width, 180)  # a wide table reads better than a wrapped one
+    console.print(table)
+
+
+if __name__ == "__main__":  # python -m portkit.bench.cli ops ... (the same as `portkit bench ops ...`)
+    _parser = argparse.ArgumentParser(prog="portkit bench")
+    configure(_parser)
+    sys.exit(main(_parser.parse_args()))

@@ -1,0 +1,70 @@
+"""The built-in Triton implementations, registered through the plugin door a vendor uses
+(entry point `ops = "portkit.ops.builtin"` in the group portkit.backends).
+
+They run where the active backend reports `capabilities().triton` (CUDA and ROCm with
+triton installed). Triton itself is imported on the first call, never at registration.
+"""
+from __future__ import annotations
+
+import importlib
+
+from portkit.hookspecs import hookimpl
+
+PRIORITY = 10
+NAME = "triton"
+
+# registry op -> (module under portkit.ops, function)
+TABLE = {
+    "rms_norm_fwd": ("norms_triton", "rms_norm_fwd"),
+    "rms_norm_bwd": ("norms_triton", "rms_norm_bwd"),
+    "layer_norm_fwd": ("norms_triton", "layer_norm_fwd"),
+    "layer_norm_bwd": ("norms_triton", "layer_norm_bwd"),
+    "bias_gelu_fwd": ("activations_triton", "bias_gelu_fwd"),
+    "bias_gelu_bwd": ("activations_triton", "bias_gelu_bwd"),
+    "swiglu_fwd": ("activations_triton", "swiglu_fwd"),
+    "swiglu_bwd": ("activations_triton", "swiglu_bwd"),
+    "rotary_fwd": ("rotary_triton", "rotary_fwd"),
+    "rotary_bwd": ("rotary_triton", "rotary_bwd"),
+    "softmax_fwd": ("softmax_triton", "softmax_fwd"),
+    "softmax_bwd": ("softmax_triton", "softmax_bwd"),
+    "cross_entropy_chunk": ("cross_entropy_triton", "cross_entropy_chunk"),
+    "linear_cross_entropy_fwd": ("cross_entropy_triton", "linear_cross_entropy_fwd"),
+    "adamw_step": ("adamw_triton", "adamw_step"),
+}
+
+
+class LazyKernel:
+    """Calls portkit.ops.<module>.<function>, importing the module (and triton) on first use."""
+
+    def __init__(self, module: str, function: str):
+        self.module, self.function, self._fn = module, function, None
+
+    def __call__(self, *args):
+        if self._fn is None:
+            self._fn = getattr(importlib.import_module(f"portkit.ops.{self.module}"), self.function)
+        return self._fn(*args)
+
+    def __repr__(self) -> str:
+        return f"LazyKernel(portkit.ops.{self.module}.{self.function})"
+
+
+def runs_triton(backend) -> bool:
+    return backend.capabilities().triton
+
+
+def has_torch_kernels(backend) -> bool:
+    return backend.device_type == "cuda"  # CUDA and ROCm builds ship aten's fused LayerNorm
+
+
+# torch's own fused norms ("aten", portkit.ops.norms_native), ranked below Triton's 10: on an
+# H100 the Triton norm kernels are faster (docs/benchmarks.md) and the 1.3B GPT trains 3-4%
+# faster with them; aten's C++ launch path wins only host-bound eager runs (PORTKIT_OPS=aten).
+NATIVE = {"layer_norm_fwd": 5, "layer_norm_bwd": 5, "rms_norm_fwd": 5, "rms_norm_bwd": 5}
+
+
+@hookimpl
+def portkit_register_ops():
+    from portkit.ops import OpImpl  # registers the references the implementations attach to
+    return ([OpImpl(op, LazyKernel(mod, fn), runs_triton, PRIORITY, NAME) for op, (mod, fn) in TABLE.items()]
+            + [OpImpl(op, LazyKernel("norms_native", op), has_torch_kernels, priority, "aten")
+               for op, priority in NATIVE.items()])

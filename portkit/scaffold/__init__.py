@@ -1,0 +1,1 @@
+"""`portkit new-backend`: scaffold an installable backend plugin package from templates/backend/."""
