@@ -16,6 +16,8 @@ import random
 import sys
 from pathlib import Path
 
+from portkit import atomic
+
 TASKS = ("reverse", "sort", "upper")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 SIZES = {"sft": 3000, "reward": 16000, "reward_eval": 300, "prompts": 500}
@@ -97,7 +99,7 @@ def write(directory: Path, seed: int = 0) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name, rows in generate(seed).items():
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-        (directory / f"{name}.jsonl").write_text(text)
+        atomic.write(directory / f"{name}.jsonl", text)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import portkit
-from portkit import runtime
+from portkit import atomic, runtime
 from portkit.errors import UserError
 from portkit.plugins import GROUP
 
@@ -125,7 +125,7 @@ def write_package(spec: Spec, dest: Path) -> list[Path]:
     for template, target in FILES.items():
         path = dest / render(target, values)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render((templates / template).read_text(), values))
+        atomic.write(path, render((templates / template).read_text(), values))
         written.append(path)
     return written
 
