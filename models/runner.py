@@ -62,8 +62,9 @@ class Run:
         self.metrics_path = out / "metrics.jsonl"
         self.metrics_lines, self.metrics_hash = 0, hashlib.sha256()
         if strategy.is_main:  # the lines kept from before a resume
-            for line in self.metrics_path.read_bytes().splitlines(keepends=True):
-                self.metrics_lines, _ = self.metrics_lines + 1, self.metrics_hash.update(line)
+            kept = self.metrics_path.read_bytes()
+            self.metrics_lines = kept.count(b"\n")
+            self.metrics_hash.update(kept)
         self.progress = Progress(enabled=strategy.is_main and not quiet)
         self.kill_after = int(os.environ.get(KILL_ENV, "0"))
         self.steps_done = 0
