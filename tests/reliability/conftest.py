@@ -21,9 +21,11 @@ def fault_seed(request) -> int:
     """Different each run unless PORTKIT_FAULT_SEED is set; printed so a failure can be replayed."""
     seed = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(1 << 31))
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
     line = f"reliability: random kill points from seed {seed} ({SEED_ENV}={seed} reproduces them)"
-    if reporter is not None:
-        reporter.write_line("\n" + line)
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # shown even under -q and output capture
+            reporter.write_line("\n" + line)
     return seed
 
 
