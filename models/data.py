@@ -16,12 +16,14 @@ from pathlib import Path
 
 import torch
 
+from portkit.errors import UserError
+
 DATA_DIR = Path(__file__).parent / "data"
 SCHEMAS = {"sft": ("prompt", "response"), "reward": ("prompt", "chosen", "rejected"),
            "reward_eval": ("prompt", "chosen", "rejected"), "prompts": ("prompt",)}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     pass
 
 

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import torch
 
+from portkit.errors import UserError
 from portkit.models.gpt import GPT, GPTConfig
 
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # the tanh GELU of ops.bias_gelu
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # Conv1D
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError, ValueError):
     pass
 
 

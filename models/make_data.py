@@ -27,6 +27,8 @@ import random
 import sys
 from pathlib import Path
 
+from portkit import atomic
+
 TASKS = ("reverse", "sort", "upper")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 SIZES = {"sft": 4000, "reward": 8000, "reward_eval": 1200, "prompts": 4000}
@@ -127,7 +129,7 @@ def write(directory: Path, seed: int = 0) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name, rows in generate(seed).items():
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-        (directory / f"{name}.jsonl").write_text(text)
+        atomic.write(directory / f"{name}.jsonl", text)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,22 @@ class Strategy:
             raise ValueError(f"tp must be >= 1, got {self.tp}")
 
 
+MAX_COUNT = 10_000_000  # steps, iterations, batch sizes, samples: more is a typo, not a plan
+
+
 def _positive(obj, *keys):
     for key in keys:
-        if getattr(obj, key) <= 0:
-            raise ValueError(f"{key} must be > 0, got {getattr(obj, key)}")
+        value = getattr(obj, key)
+        if value <= 0:
+            raise ValueError(f"{key} must be > 0, got {value}")
+        if isinstance(value, int) and value > MAX_COUNT:
+            raise ValueError(f"{key} must be at most {MAX_COUNT:,}, got {value:,}")
+
+
+def _not_negative(obj, *keys):
+    for key in keys:
+        if getattr(obj, key) < 0:
+            raise ValueError(f"{key} must be >= 0, got {getattr(obj, key)}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -50,6 +62,7 @@ class SFT:
 
     def __post_init__(self):
         _positive(self, "steps", "batch_size", "lr")
+        _not_negative(self, "warmup", "weight_decay")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -70,6 +83,7 @@ class Reward:
             raise ValueError(f"policy_prompts must be >= 0, got {self.policy_prompts}")
         if not 0.0 <= self.policy_share < 1.0:
             raise ValueError(f"policy_share must be in [0, 1), got {self.policy_share}")
+        _not_negative(self, "warmup", "weight_decay")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -103,8 +117,11 @@ class PPO:
                              f"{self.missing_eos_penalty}")
         if self.rollout_batch % self.minibatch:
             raise ValueError(f"rollout_batch ({self.rollout_batch}) must be a multiple of minibatch ({self.minibatch})")
-        if self.kl_coef < 0:
-            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+        _positive(self, "temperature", "kl_horizon")
+        _not_negative(self, "kl_coef", "top_k")
+        for key in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"{key} must be in [0, 1], got {getattr(self, key)}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -121,7 +138,8 @@ class Rejection:
 
     def __post_init__(self):
         _positive(self, "rounds", "prompts_per_round", "n_samples", "max_new_tokens", "steps_per_round",
-                  "batch_size", "lr")
+                  "batch_size", "lr", "temperature")
+        _not_negative(self, "top_k")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -151,10 +169,12 @@ class Recipe:
     ppo: PPO = field(default_factory=PPO)
     rejection: Rejection = field(default_factory=Rejection)
     heldout: Heldout = field(default_factory=Heldout)
-    checks: Literal["enforce", "report"] = "enforce"  # enforce: a run whose checks FAIL exits 1
+    enforce_checks: bool = True                # a FAIL in the report's checks makes `portkit run` exit 1
     path: str = ""                             # set by load(): the recipe file
 
     def __post_init__(self):
+        if not self.stages:
+            raise ValueError(f"stages: empty; list at least one of {', '.join(STAGES)} (in that order)")
         bad = [s for s in self.stages if s not in STAGES]
         if bad:
             raise ValueError(f"stages: unknown stage {bad[0]!r}; choose from {', '.join(STAGES)}")

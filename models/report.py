@@ -6,6 +6,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from portkit import atomic
+
 KL_BOUND = 0.5          # nats per response: held-out KL to the SFT policy after an RL stage
 RM_ACC_MIN = 0.7        # on the held-out hand-made pairs: a third of their mistakes (an item replaced
                         # or dropped) are seen only by recomputing the answer, beyond this reward model
@@ -74,10 +76,6 @@ def checks(fig: dict, summary: dict, held: dict) -> dict:
     return c
 
 
-def failed(out: Path) -> bool:
-    return not all(json.loads((out / "report.json").read_text())["checks"].values())
-
-
 def versions() -> dict:
     v = {"python": platform.python_version()}
     for dist in ("portkit", "torch", "deepspeed", "megatron-core", "colossalai", "transformers"):
@@ -107,7 +105,7 @@ def plot(rows: list[dict], out: Path) -> list[str]:
             ax.set_xlabel("iteration" if stage in ("ppo", "rejection") else "step")
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out / f"{stage}.png", dpi=100)
+        atomic.write(out / f"{stage}.png", lambda f: fig.savefig(f, format="png", dpi=100))
         plt.close(fig)
         made.append(f"{stage}.png")
     return made + plot_heldout(rows, out, plt)
@@ -143,10 +141,10 @@ def write(out: Path, recipe, run, backend, strategy, seconds: float) -> tuple[Pa
             "seconds_per_stage": {s: run.elapsed.get(s) for s in recipe.stages},
             "rm_heldout_acc": rm_acc, "rm_policy_acc": run.summary.get("rm_policy_acc"),
             "rm_policy_pairs": run.summary.get("rm_policy_pairs"), "heldout": held, "figures": fig,
-            "checks": checks(fig, run.summary, held), "checks_mode": recipe.checks, "versions": versions(),
+            "checks": checks(fig, run.summary, held), "checks_enforced": recipe.enforce_checks, "versions": versions(),
             "plots": plot(rows, out)}
-    (out / "report.json").write_text(json.dumps(data, indent=1))
-    (out / "report.md").write_text(markdown(data))
+    atomic.write(out / "report.json", json.dumps(data, indent=1))
+    atomic.write(out / "report.md", markdown(data))
     return out / "report.md", out / "report.json"
 
 
@@ -197,6 +195,10 @@ def _cell(h: dict, key: str, gain: str | None = None) -> str:
     return f"{h[key]:.3f} ({h[gain]:+.3f} +- {h[gain.replace('gain', 'margin')]:.3f})"
 
 
+def failed_checks(out: Path) -> list[str]:
+    return [name for name, ok in json.loads((out / "report.json").read_text())["checks"].items() if not ok]
+
+
 def summary_text(out: Path) -> str:
     d = json.loads((out / "report.json").read_text())
     lines = [f"{'PASS' if ok else 'FAIL'}  {name}" for name, ok in d["checks"].items()]
@@ -204,6 +206,6 @@ def summary_text(out: Path) -> str:
         after = "" if policy == "sft" else "_after"
         lines.append(f"held-out {policy}: greedy {_cell(h, 'greedy_acc' + after)}  sampled "
                      f"{_cell(h, 'sampled_acc' + after)}  RM {_cell(h, 'rm_score' + after)}  KL {_cell(h, 'kl' + after)}")
-    if d["checks_mode"] == "report":
-        lines.append("(checks reported only: this recipe sets checks: report)")
+    if not d["checks_enforced"]:
+        lines.append("(checks reported only: this recipe sets enforce_checks: false)")
     return "\n".join(lines)

@@ -8,6 +8,8 @@ PORTKIT_KILL_AFTER_STEPS=N ends the process abruptly after N steps (to test --re
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -17,16 +19,17 @@ from pathlib import Path
 import torch
 
 import portkit
-from portkit.config import ConfigError
+from portkit import faults
+from portkit.errors import UserError, contained
 from portkit.models import data as D
 from portkit.models import recipe as R
 from portkit.models import strategies
 from portkit.ops import FusedAdamW
-from portkit.models.checkpoint import CheckpointError, Checkpoints
-from portkit.models.data import DataError
+from portkit.models.checkpoint import Checkpoints
 from portkit.models.gpt import GPT
 from portkit.models.hf import load_gpt2, read_config
 from portkit.models.progress import Progress
+from portkit.models.resume import prepare_out
 from portkit.models.tokenizer import ByteTokenizer, GPT2BPE
 
 KILL_ENV = "PORTKIT_KILL_AFTER_STEPS"
@@ -54,10 +57,14 @@ class Run:
         self.recipe, self.out, self.strategy, self.resume = recipe, out, strategy, resume
         self.device = strategy.device()
         self.tok = GPT2BPE(recipe.init) if recipe.init else ByteTokenizer()
-        self.model_cfg = read_config(Path(recipe.init)) if recipe.init else recipe.model
-        self.ckpt = Checkpoints(out, strategy.rank, strategy.sharded)
+        self.model_cfg = model_config(recipe)
+        self.ckpt = Checkpoints(out, strategy.rank, strategy.sharded, fingerprint(recipe, self.model_cfg))
         self.metrics_path = out / "metrics.jsonl"
-        self.metrics_lines = 0
+        self.metrics_lines, self.metrics_hash = 0, hashlib.sha256()
+        if strategy.is_main:  # the lines kept from before a resume
+            kept = self.metrics_path.read_bytes()
+            self.metrics_lines = kept.count(b"\n")
+            self.metrics_hash.update(kept)
         self.progress = Progress(enabled=strategy.is_main and not quiet)
         self.kill_after = int(os.environ.get(KILL_ENV, "0"))
         self.steps_done = 0
@@ -109,6 +116,7 @@ class Run:
                 if (i + 1) % self.recipe.checkpoint_every == 0 and i + 1 < total:
                     self.save(stage, i + 1, {k: o.state_dict() for k, o in objs.items()}, final=False)
                 self._maybe_die()
+                faults.point(f"step:{stage}")
 
     def _restore(self, stage: str, objs: dict) -> int:
         entry = self.ckpt.find(stage) if self.resume else None
@@ -135,7 +143,7 @@ class Run:
             files = {name: digest}
         files = self.strategy.gather_files(files) if self.strategy.sharded else files
         if self.strategy.is_main:
-            self.ckpt.commit(stage, step, final, files, self.metrics_lines)
+            self.ckpt.commit(stage, step, final, files, self.metrics_lines, self.metrics_hash.hexdigest())
         self.strategy.barrier()
 
     def finish(self, stage: str, state: dict) -> None:
@@ -148,9 +156,11 @@ class Run:
         if not self.strategy.is_main:
             return
         record = {"stage": stage, "step": step, **metrics, "elapsed": self.elapsed.get(stage, 0.0)}
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = (json.dumps(record) + "\n").encode()
+        with open(self.metrics_path, "ab") as f:  # appended; a resume cuts the file back to a checkpoint
+            f.write(line)
         self.metrics_lines += 1
+        self.metrics_hash.update(line)
 
 
 
@@ -241,66 +251,76 @@ def configure(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-def prepare_out(out: Path, resume: bool, is_main: bool, ckpt: Checkpoints, note) -> bool:
-    """Make the run directory ready; returns whether there is something to resume."""
-    entries = ckpt.entries() if resume else []
-    if resume and not entries:
-        note(f"--resume: no checkpoint in {out}; starting from the beginning")
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        metrics = out / "metrics.jsonl"
-        if entries:
-            lines = metrics.read_text().splitlines(keepends=True)[:entries[-1].metrics_lines] if metrics.exists() else []
-            metrics.write_text("".join(lines))
-        else:
-            if (out / "checkpoints").exists() or metrics.exists():
-                note(f"starting over in {out}: previous metrics and checkpoints there are replaced")
-            for old in (out / "checkpoints").glob("*") if (out / "checkpoints").exists() else []:
-                old.unlink()
-            metrics.write_text("")
-    return bool(entries)
-
-
 def main(args) -> int:
-    try:
-        recipe = R.load(args.recipe)
-    except ConfigError as e:
-        print(f"portkit run: {e}", file=sys.stderr)
-        return 2
-    backend = portkit.select_backend(args.backend or recipe.backend)
+    recipe = R.load(args.recipe)
+    out = Path(args.out) if args.out else contained("runs", recipe.name, recipe.path, "name")
+    backend = select_backend(args.backend, recipe)
     from portkit.ops import registry
     registry.set_mode(recipe.ops)
     strategy = strategies.build(recipe.strategy)
     strategy.setup()
-    out = Path(args.out or Path("runs") / recipe.name)
-    ckpt = Checkpoints(out, strategy.rank, strategy.sharded)
-    quiet_note = Progress(strategy.is_main and not args.quiet).note
+    if strategy.is_main:
+        portkit.runtime.plugins().warn("portkit run")
+    ckpt = Checkpoints(out, strategy.rank, strategy.sharded, fingerprint(recipe, model_config(recipe)))
     strategy.barrier()
-    resume = prepare_out(out, args.resume, strategy.is_main, ckpt, quiet_note)
+    if strategy.is_main:
+        prepare_out(out, args.resume, ckpt, Progress(True).note)  # said even with --quiet
     strategy.barrier()
-    run = Run(recipe, out, strategy, resume, args.quiet)
-    run.metrics_lines = sum(1 for _ in open(out / "metrics.jsonl")) if strategy.is_main else 0
+    run = Run(recipe, out, strategy, args.resume and bool(ckpt.entries()), args.quiet)
     run.progress.note(f"portkit run {recipe.name}: backend {backend.name}, device {run.device}, "
                       f"strategy {strategy.name} x{strategy.world}, ops {recipe.ops}, out {out}")
     t0 = time.perf_counter()
     try:
         run_stages(run)
-    except (DataError, CheckpointError) as e:
-        print(f"portkit run: {e}", file=sys.stderr)
-        return 2
-    failed = False
+    except RuntimeError as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise
+        raise UserError(f"the model or a batch does not fit in memory on {run.device} ({str(e).splitlines()[0]})",
+                        file=recipe.path, key="model", fix="lower model.n_layer, model.n_embd, model.block_size "
+                        "or the batch sizes") from e
+    failed = []
     if strategy.is_main:
         from portkit.models import report
         paths = report.write(out, recipe, run, backend, strategy, time.perf_counter() - t0)
         run.progress.note(report.summary_text(out) + f"\nreport: {paths[0]}")
-        failed = recipe.checks == "enforce" and report.failed(out)
+        failed = report.failed_checks(out)
     del run  # its models and engines go before the process group does
     strategy.shutdown()
-    return 1 if failed else 0
+    return checks_status(recipe, failed)
+
+
+def select_backend(name: str | None, recipe: R.Recipe):
+    """The backend named by --backend, else the recipe, else PORTKIT_BACKEND, else auto; an error
+    says which of these named it."""
+    try:
+        return portkit.select_backend(name or recipe.backend)
+    except portkit.BackendError as e:
+        e.file, e.key = ((None, "--backend") if name else (recipe.path, "backend") if recipe.backend
+                         else (None, portkit.runtime.BACKEND_ENV) if os.environ.get(portkit.runtime.BACKEND_ENV)
+                         else (None, None))
+        raise
+
+
+def checks_status(recipe: R.Recipe, failed: list[str]) -> int:
+    """1 when a check FAILed and the recipe enforces its checks (the default), else 0."""
+    if not failed:
+        return 0
+    enforced = recipe.enforce_checks
+    print(f"portkit run: {len(failed)} check(s) FAIL: {', '.join(failed)}"
+          + ("" if enforced else " (the recipe sets enforce_checks: false, so the exit status stays 0)"),
+          file=sys.stderr)
+    return 1 if enforced else 0
+
+
+def model_config(recipe: R.Recipe):
+    return read_config(Path(recipe.init)) if recipe.init else recipe.model
+
+
+def fingerprint(recipe: R.Recipe, model_cfg) -> dict:
+    """What the checkpoints' shapes depend on: a resume with other values is refused."""
+    return {"model": dataclasses.asdict(model_cfg), "strategy": dataclasses.asdict(recipe.strategy)}
 
 
 if __name__ == "__main__":  # `python -m portkit.models.runner` (e.g. under torchrun -m) is `portkit run`
-    import argparse
-    _parser = argparse.ArgumentParser(prog="portkit run", description=__doc__.splitlines()[0])
-    configure(_parser)
-    sys.exit(main(_parser.parse_args()))
+    from portkit.cli import main as cli_main
+    sys.exit(cli_main(["run", *sys.argv[1:]]))

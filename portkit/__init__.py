@@ -7,6 +7,7 @@ Public API (everything else is internal):
     portkit.Backend, portkit.ExtensionBackend, portkit.REQUIRED (what a backend class must define), portkit.hookimpl.
 Importing portkit imports no training framework (deepspeed, colossalai, megatron).
 """
+from portkit import lifetime
 from portkit.backend import REQUIRED, Backend, Capabilities, ExtensionBackend
 from portkit.hookspecs import hookimpl
 from portkit.runtime import (BackendError, active as backend, backends as registered_backends, capabilities, device,
@@ -14,6 +15,8 @@ from portkit.runtime import (BackendError, active as backend, backends as regist
                              select as select_backend, synchronize)
 
 __version__ = "0.1.0"
+
+lifetime.bind_to_parent()  # under `portkit launch`: die with the torchrun agent, never outlive it
 
 __all__ = ["REQUIRED", "Backend", "BackendError", "Capabilities", "ExtensionBackend", "hookimpl", "backend",
            "registered_backends", "capabilities", "device", "device_count", "dist_backend", "manual_seed",

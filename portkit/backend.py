@@ -151,7 +151,8 @@ class Backend:
 
     def describe(self) -> dict[str, Any]:
         """Everything `portkit doctor` shows about this backend."""
-        reason = self.probe()
+        from portkit.runtime import availability
+        reason = availability(self)
         info: dict[str, Any] = {
             "name": self.name, "available": reason is None, "reason": reason,
             "device_type": self.device_type, "dist_backend": self.dist_backend,

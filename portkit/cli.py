@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from portkit.errors import UserError, report
+
 COMMANDS = {  # name -> (module, one-line help)
     "doctor": ("portkit.doctor", "explain this machine: backends, devices, frameworks, patches, ops, plugin errors"),
     "run": ("portkit.models.runner", "run a training recipe (SFT, reward model, PPO) on the best backend"),
@@ -34,6 +36,7 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, (module, help_) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(_module=module)
+        sp.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
         if name == command:
             importlib.import_module(module).configure(sp)
     return p
@@ -43,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = parser(command).parse_args(argv)
-    return importlib.import_module(args._module).main(args) or 0
+    try:
+        return importlib.import_module(args._module).main(args) or 0
+    except UserError as e:  # bad input: one message naming file, key and fix; exit 2
+        return report(f"portkit {args.command}", e, args.debug)
 
 
 if __name__ == "__main__":

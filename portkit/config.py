@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -9,8 +10,10 @@ from typing import Any
 
 import yaml
 
+from portkit.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     pass
 
 
@@ -52,6 +55,17 @@ def build(cls: type, data: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {e}") from None
 
 
+def finite(value: int | float | str, where: str) -> float:
+    """A float from YAML (which reads 3e-4 as a string); NaN and infinity are refused."""
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: {value!r} is not a finite number; give a finite value")
+    return number
+
+
 def convert(tp: Any, value: Any, where: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
@@ -80,13 +94,8 @@ def convert(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return {convert(args[0], k, where): convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML reads 3e-4 as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        return finite(value, where)
     if isinstance(tp, type) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value

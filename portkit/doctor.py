@@ -15,6 +15,7 @@ from typing import Any
 
 from portkit import runtime
 from portkit.backend import Backend
+from portkit.plugins import guarded
 
 # distribution -> module it installs; versions come from metadata, nothing is imported.
 FRAMEWORKS = {"torch": "torch", "deepspeed": "deepspeed", "colossalai": "colossalai",
@@ -62,11 +63,9 @@ def readiness(backend: Backend | None) -> dict[str, list[dict[str, Any]]]:
 
 
 def describe(backend: Backend) -> dict[str, Any]:
-    try:
-        return backend.describe()
-    except Exception as e:  # a backend that cannot describe itself is reported, not fatal
-        return {"name": backend.name, "available": False,
-                "reason": f"describe() raised {type(e).__name__}: {e}"}
+    info, failure = guarded(backend.describe)  # a backend that cannot describe itself is reported, not fatal
+    return info if failure is None else {"name": backend.name, "available": False,
+                                         "reason": f"describe() raised {failure}"}
 
 
 def selection(name: str | None) -> tuple[dict[str, Any], Backend | None]:

@@ -22,10 +22,12 @@ import sys
 from dataclasses import dataclass
 from typing import Mapping
 
+from portkit.errors import UserError
+
 DEFAULT_PORT = 29500
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError, ValueError):
     pass
 
 
@@ -203,9 +205,7 @@ def plugin_env(backend, env: dict) -> list[tuple[str, dict]]:
     p = runtime.plugins()
     before = len(p.errors)
     out = p.call("portkit_launch_env", backend=backend, env=dict(env))
-    for err in p.errors[before:]:
-        print(f"portkit launch: plugin {err.plugin!r} failed in {err.stage} and was skipped: {err.reason}",
-              file=sys.stderr)
+    p.warn("portkit launch", since=before)
     return out
 
 
@@ -271,4 +271,8 @@ def main(args) -> int:
     print("command:", shlex.join(argv), flush=True)
     if args.dry_run:
         return 0
-    return subprocess.run(argv, env={**os.environ, **env}, check=False).returncode
+    from portkit import lifetime  # the workers die with the torchrun agent (lifetime.bind_to_parent)
+    rc = subprocess.run(argv, env={**os.environ, **env, lifetime.ENV: "1"}, check=False).returncode
+    if rc < 0:
+        print(f"portkit launch: torchrun ended by signal {-rc}; its workers ended with it", file=sys.stderr)
+    return 128 - rc if rc < 0 else rc

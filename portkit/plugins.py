@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import sys
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,17 @@ class PluginError:
     reason: str
 
 
+def guarded(call, *args, **kwargs) -> tuple[Any, str | None]:
+    """(result, None), or (None, reason) when `call` raised anything but KeyboardInterrupt:
+    SystemExit from a plugin's sys.exit() is a plugin failure too, never portkit's exit."""
+    try:
+        return call(*args, **kwargs), None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - a plugin must never take portkit down
+        return None, traceback.format_exception_only(type(e), e)[-1].strip()
+
+
 @dataclass
 class Plugins:
     pm: pluggy.PluginManager
@@ -42,14 +54,19 @@ class Plugins:
         """Call each implementation of `hook` on its own, so one failure skips only that plugin."""
         results = []
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
-            try:
-                out = impl.function(**{k: kwargs[k] for k in impl.argnames})
-            except Exception as e:  # a broken plugin is reported and skipped
-                self.errors.append(PluginError(impl.plugin_name, hook, f"{type(e).__name__}: {e}"))
+            out, failure = guarded(impl.function, **{k: kwargs[k] for k in impl.argnames})
+            if failure:  # a broken plugin is reported and skipped
+                self.errors.append(PluginError(impl.plugin_name, hook, failure))
                 continue
             if out is not None:
                 results.append((impl.plugin_name, out))
         return results
+
+    def warn(self, prog: str, since: int = 0) -> None:
+        """One line on stderr per plugin that failed (from error number `since` on)."""
+        for err in self.errors[since:]:
+            print(f"{prog}: plugin {err.plugin!r} failed in {err.stage} and was skipped: {err.reason} "
+                  f"(`portkit doctor` lists plugin errors)", file=sys.stderr)
 
     def call_flat(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Like call, for hooks returning lists: one (plugin, item) pair per item."""
@@ -73,6 +90,14 @@ def discover(extra: list[tuple[str, object]] = ()) -> Plugins:
     return plugins
 
 
+def _load(group: str, ep: importlib.metadata.EntryPoint) -> Any:
+    obj = ep.load()
+    if group != BACKENDS_GROUP and hasattr(obj, "portkit_register_backends"):
+        raise TypeError(f"{ep.value} (group {group}) implements portkit_register_backends; backends register "
+                        f"only through {BACKENDS_GROUP}, so that {ALLOW_ENV} can filter them: move the hook")
+    return obj
+
+
 def register(plugins: Plugins, group: str, ep: importlib.metadata.EntryPoint) -> None:
     """Load one entry point and register it; a module named by two groups is registered once."""
     pm = plugins.pm
@@ -80,16 +105,11 @@ def register(plugins: Plugins, group: str, ep: importlib.metadata.EntryPoint) ->
     if pm.has_plugin(name):
         plugins.errors.append(PluginError(name, "import", f"entry point name also used by {plugins.sources[name]}"))
         return
-    try:
-        obj = ep.load()
-        if group != BACKENDS_GROUP and hasattr(obj, "portkit_register_backends"):
-            raise TypeError(f"{ep.value} (group {group}) implements portkit_register_backends; backends register "
-                            f"only through {BACKENDS_GROUP}, so that {ALLOW_ENV} can filter them: move the hook")
-        if not pm.is_registered(obj):
-            pm.register(obj, name=name)
-    except Exception as e:
-        detail = traceback.format_exception_only(type(e), e)[-1].strip()
-        plugins.errors.append(PluginError(name, "import", detail))
+    obj, failure = guarded(_load, group, ep)
+    if not failure and not pm.is_registered(obj):
+        _, failure = guarded(pm.register, obj, name=name)  # hook validation errors name the plugin too
+    if failure:
+        plugins.errors.append(PluginError(name, "import", failure))
         return
     name = pm.get_name(obj)
     plugins.sources.setdefault(name, ep.dist.name if ep.dist else "?")

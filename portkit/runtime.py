@@ -11,16 +11,18 @@ import os
 import torch
 
 from portkit.backend import Backend, Capabilities
-from portkit.plugins import Plugins, discover
+from portkit.errors import UserError
+from portkit.plugins import PluginError, Plugins, discover, guarded
 
 BACKEND_ENV = "PORTKIT_BACKEND"
 
 _plugins: Plugins | None = None
 _backends: dict[str, Backend] | None = None
 _active: Backend | None = None
+_owners: dict[str, str] = {}  # backend name -> the plugin that registered it
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     pass
 
 
@@ -51,12 +53,24 @@ def _collect(p: Plugins) -> dict[str, Backend]:
                                            f"{owner[name]!r}; rename one of them"))
         else:
             found[name], owner[name] = cls(), plugin
+    _owners.update(owner)
     return found
 
 
 def _error(plugin: str, reason: str):
-    from portkit.plugins import PluginError
     return PluginError(plugin, "portkit_register_backends", reason)
+
+
+def availability(backend: Backend) -> str | None:
+    """None when `backend` is usable, else why not. A probe() that raises (even SystemExit)
+    makes its backend unavailable and is recorded against its plugin, never raised."""
+    reason, failure = guarded(backend.probe)
+    if failure is None:
+        return reason
+    plugin = _owners.get(backend.name, backend.name)
+    if not any(e.plugin == plugin and e.stage == "probe" for e in plugins().errors):
+        plugins().errors.append(PluginError(plugin, "probe", failure))
+    return f"probe() raised {failure}"
 
 
 def select(name: str | None = None) -> Backend:
@@ -66,13 +80,14 @@ def select(name: str | None = None) -> Backend:
     known = backends()
     if name is not None:
         if name not in known:
-            raise BackendError(f"unknown backend {name!r}; installed: {', '.join(sorted(known))}")
-        reason = known[name].probe()
+            raise BackendError(f"unknown backend {name!r}", key="backend", allowed=", ".join(sorted(known)),
+                               fix="pick an installed backend (`portkit doctor` lists them), or install its plugin")
+        reason = availability(known[name])
         if reason is not None:
             raise BackendError(f"backend {name!r} is not available here: {reason}")
         chosen = known[name]
     else:
-        ready = [b for b in known.values() if b.probe() is None]
+        ready = [b for b in known.values() if availability(b) is None]
         if not ready:
             raise BackendError("no backend is available; run `portkit doctor` to see why")
         chosen = max(ready, key=lambda b: b.priority)
@@ -90,6 +105,7 @@ def reset() -> None:
     """Forget discovery and the active backend (tests, or after installing a plugin)."""
     global _plugins, _backends, _active
     _plugins = _backends = _active = None
+    _owners.clear()
 
 
 # -- the device-neutral API -----------------------------------------------------------

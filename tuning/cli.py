@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from portkit import atomic
 from portkit.tuning import engine, profiles
 from portkit.tuning.export import FORMATS, export  # the package re-exports the function under the module's name
 from portkit.tuning.engine import Change, TuneError
@@ -149,7 +150,7 @@ def _rollback(args) -> int:
 def _export(args) -> int:
     text = export(profiles.load(args.profile), args.format)
     if args.output:
-        args.output.write_text(text)
+        atomic.write(args.output, text)
     else:
         sys.stdout.write(text)
     return 0

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from portkit.errors import contained
 from portkit.tuning import schema, snapshot
 from portkit.tuning.profiles import Profile
 from portkit.tuning.snapshot import Write
@@ -63,7 +64,7 @@ def _read(path: Path) -> str | None:
 
 
 def sysctl_path(root: Path, key: str) -> Path:
-    return root / "proc/sys" / key.replace(".", "/")
+    return contained(root, Path("proc/sys") / key.replace(".", "/"), key=f"sysctl {key}")
 
 
 def _row(kind: str, key: str, path: Path | str, current: str | None, wanted: str, ok: bool) -> Change:
@@ -312,13 +313,10 @@ def _makedirs(path: Path) -> list[Path]:
 def rollback(snapshot_file: Path | str, root: Path | str = "/") -> list[str]:
     """Restore every file recorded in a snapshot; return the paths restored."""
     root = Path(root)
-    try:
-        doc = snapshot.load(Path(snapshot_file))
-    except ValueError as e:
-        raise TuneError(str(e)) from None
+    doc = snapshot.load(Path(snapshot_file))  # a bad snapshot is a SnapshotError: exit 2, nothing touched
     if Path(doc["root"]) != root.resolve():
-        raise TuneError(f"snapshot {snapshot_file} was taken under root {doc['root']}, not {root.resolve()}; "
-                        f"pass --root {doc['root']}")
+        raise snapshot.SnapshotError(f"taken under root {doc['root']}, not {root.resolve()}", file=snapshot_file,
+                                     key="root", fix=f"pass --root {doc['root']}")
     preflight([_restore_write(root, e) for e in doc["files"]], None)
     errors = snapshot.restore(root, doc)
     if errors:

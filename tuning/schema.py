@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from portkit.errors import UserError
+
 INT_MAX = 2**31 - 1
 LONG_MAX = 2**63 - 1
 
@@ -18,7 +20,7 @@ LONG_MAX = 2**63 - 1
 AT_LEAST = ">="  # sysctl value prefix: raise to at least this, never lower a larger value
 
 
-class ProfileError(ValueError):
+class ProfileError(UserError, ValueError):
     """A profile that cannot be used; the message names the file, the key and the fix."""
 
 

@@ -15,7 +15,39 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from portkit import atomic
+from portkit.config import ConfigError, build
+from portkit.errors import UserError, contained
+
 VERSION = 1
+
+
+class SnapshotError(UserError, ValueError):
+    """A snapshot that cannot be restored from: the message names the file and the key."""
+
+
+@dataclass(kw_only=True, slots=True)
+class SnapshotFile:
+    path: str              # relative to the root; must stay inside it
+    exists: bool
+    direct: bool
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    data: str = ""         # base64
+
+    def __post_init__(self):
+        if not 0 <= self.mode <= 0o7777:
+            raise ValueError(f"mode must be in 0..0o7777, got {self.mode}")
+
+
+@dataclass(kw_only=True, slots=True)
+class SnapshotDoc:
+    version: int
+    profile: str
+    root: str
+    created: str
+    files: list[SnapshotFile]
 
 
 @dataclass
@@ -29,25 +61,17 @@ class Write:
 
 def atomic_write(path: Path, data: bytes, mode: int | None = None, owner: tuple[int, int] | None = None,
                  fault: str | None = None) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.portkit-tmp-{os.getpid()}")
+    """portkit.atomic.write, keeping the file's mode and owner (or setting these)."""
     old = path.stat() if path.exists() else None
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+
+    def finish(tmp: Path) -> None:
         os.chmod(tmp, mode if mode is not None else (old.st_mode & 0o7777 if old else 0o644))
         uid, gid = owner if owner else ((old.st_uid, old.st_gid) if old else (os.getuid(), os.getgid()))
         if (uid, gid) != (os.getuid(), os.getgid()):
             os.chown(tmp, uid, gid)
         if fault:
             raise OSError(errno.EIO, fault, str(path))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
+    atomic.write(path, data, before_rename=finish)
 
 
 def direct_write(path: Path, data: bytes, fault: str | None = None) -> None:
@@ -64,14 +88,6 @@ def write(w: Write, fault: str | None = None) -> None:
         direct_write(w.path, w.data, fault)
     else:
         atomic_write(w.path, w.data, fault=fault)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def take(root: Path, writes: list[Write], profile: str, directory: Path) -> Path:
@@ -98,14 +114,26 @@ def _entry(root: Path, w: Write) -> dict:
 
 
 def load(path: Path) -> dict:
+    """The snapshot's JSON, validated: types, version, and every path inside its root."""
     try:
-        doc = json.loads(Path(path).read_text())
+        doc = json.loads(Path(path).read_bytes())
     except FileNotFoundError:
-        raise ValueError(f"snapshot {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"snapshot {path} is not valid JSON ({e}); it may be truncated") from None
-    if not isinstance(doc, dict) or doc.get("version") != VERSION or not isinstance(doc.get("files"), list):
-        raise ValueError(f"snapshot {path} is not a portkit tuning snapshot (version {VERSION})")
+        raise SnapshotError("does not exist", file=path, fix="give the snapshot file `tune apply` printed") from None
+    except ValueError as e:
+        raise SnapshotError(f"not valid JSON ({e}); it may be truncated", file=path,
+                            fix="use another snapshot; this one cannot be restored from") from None
+    try:
+        checked = build(SnapshotDoc, doc, f"{path}: snapshot")
+    except ConfigError as e:
+        raise SnapshotError(f"{e}", fix=f"use a snapshot written by `portkit tune apply` (version {VERSION})") from None
+    if checked.version != VERSION:
+        raise SnapshotError(f"version {checked.version} is not {VERSION}", file=path, key="version", allowed=str(VERSION))
+    for i, f in enumerate(checked.files):
+        contained(checked.root, f.path, path, f"files[{i}].path")
+        try:
+            base64.b64decode(f.data, validate=True)
+        except ValueError:
+            raise SnapshotError("not base64", file=path, key=f"files[{i}].data") from None
     return doc
 
 
@@ -121,7 +149,7 @@ def restore(root: Path, doc: dict, only: list[Path] | None = None) -> list[str]:
         if wanted is not None and entry["path"] not in wanted:
             continue
         try:
-            _restore_one(root / entry["path"], entry)
+            _restore_one(contained(root, entry["path"], key="snapshot path"), entry)
         except OSError as e:
             errors.append(f"{root / entry['path']}: {e.strerror or e}")
     return errors

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from portkit import atomic
+
 TRAIN_MODULE = "portkit.bench.train"
 
 
@@ -104,7 +106,7 @@ def _main_ops(args: argparse.Namespace) -> int:
 def write_output(path: Path, text: str) -> None:
     """Write a result file (creating its folder) and say so on stderr."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    atomic.write(path, text)
     print(f"wrote {path}", file=sys.stderr)
 
 

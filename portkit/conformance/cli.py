@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from portkit import runtime
+from portkit import atomic, runtime
 from portkit.conformance.common import Check, Context, describe
 from portkit.backend import Backend
 
@@ -197,5 +197,5 @@ def main(args: argparse.Namespace) -> int:
     data = report(backend, results)
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(data, indent=2) + "\n")
+        atomic.write(args.json_out, json.dumps(data, indent=2) + "\n")
     return 0 if data["passed"] else 1

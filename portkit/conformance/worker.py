@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 import portkit
+from portkit import atomic
 from portkit.conformance.common import Check, attempt, describe
 from portkit.backend import Backend
 
@@ -99,7 +100,7 @@ def main(argv: list[str]) -> int:
     group, out = argv[0], Path(argv[1])
     rank = int(os.environ.get("RANK", "0"))
     checks = run(group)
-    (out / f"rank{rank}.json").write_text(json.dumps([dataclasses.asdict(c) for c in checks]))
+    atomic.write(out / f"rank{rank}.json", json.dumps([dataclasses.asdict(c) for c in checks]))
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

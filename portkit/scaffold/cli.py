@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import portkit
-from portkit import runtime
+from portkit import atomic, runtime
+from portkit.errors import UserError
 from portkit.plugins import BACKENDS_GROUP
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
@@ -43,7 +44,7 @@ FILES = {
 }
 
 
-class ScaffoldError(ValueError):
+class ScaffoldError(UserError, ValueError):
     pass
 
 
@@ -126,7 +127,7 @@ def write_package(spec: Spec, dest: Path) -> list[Path]:
     for template, target in FILES.items():
         path = dest / render(target, values)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render((templates / template).read_text(), values))
+        atomic.write(path, render((templates / template).read_text(), values))
         written.append(path)
     return written
 

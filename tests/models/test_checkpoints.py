@@ -10,16 +10,18 @@ def _save(ck, stage, step, final, value):
     ck.commit(stage, step, final, {name: digest}, metrics_lines=step)
 
 
-def test_manifest_keeps_finals_and_the_newest_step(tmp_path):
+def test_manifest_keeps_the_newest_two_of_each_stage(tmp_path):
     ck = Checkpoints(tmp_path)
     _save(ck, "sft", 2, False, 2)
     _save(ck, "sft", 4, False, 4)
-    assert not (ck.dir / "sft-000002.pt").exists()  # superseded
+    assert (ck.dir / "sft-000002.pt").exists()  # kept: the one to fall back on
     _save(ck, "sft", 6, True, 6)
+    assert not (ck.dir / "sft-000002.pt").exists()  # superseded by two newer ones
     _save(ck, "reward", 2, False, 7)
-    assert [(e.stage, e.step, e.final) for e in ck.entries()] == [("sft", 6, True), ("reward", 2, False)]
+    assert [(e.stage, e.step, e.final) for e in ck.entries()] == [("sft", 4, False), ("sft", 6, True),
+                                                                  ("reward", 2, False)]
     assert ck.load(ck.find("reward"))["w"][0] == 7
-    assert not list(ck.dir.glob("*.tmp"))
+    assert not list(ck.dir.glob(".*tmp*"))
 
 
 def test_corrupted_checkpoint_is_detected(tmp_path):

@@ -119,7 +119,7 @@ def test_rl_stages_side_by_side_and_failed_checks_exit_nonzero(tmp_path):
     """PPO and rejection sampling both from the SFT policy, each judged on the held-out prompts
     against it; a few tiny iterations change no answer, so the enforced checks FAIL: exit 1."""
     recipe = tmp_path / "rs.yaml"
-    recipe.write_text(TINY.read_text().replace("name: tiny", "name: rs").replace("checks: report", "checks: enforce")
+    recipe.write_text(TINY.read_text().replace("name: tiny", "name: rs").replace("enforce_checks: false", "enforce_checks: true")
                       + "stages: [sft, reward, ppo, rejection]\n"
                       "rejection: {rounds: 2, prompts_per_round: 4, n_samples: 3, max_new_tokens: 6, "
                       "steps_per_round: 2, batch_size: 4}\n")

@@ -3,6 +3,7 @@ import pytest
 
 from portkit.tuning import engine, profiles
 from portkit.tuning.engine import TuneError
+from portkit.tuning.snapshot import SnapshotError
 
 BASE_SETS = {  # base keys whose stock value differs from the profile's
     "net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem", "net.core.rmem_max", "net.core.wmem_max",
@@ -97,7 +98,7 @@ def test_rollback_restores_every_byte_and_removes_created_files(node, load, tree
 
 def test_rollback_refuses_a_snapshot_of_another_root(node, load, tmp_path):
     result = engine.apply(load("base"), node)
-    with pytest.raises(TuneError, match="taken under root"):
+    with pytest.raises(SnapshotError, match="taken under root"):
         engine.rollback(result.snapshot, tmp_path)
 
 
