@@ -8,7 +8,6 @@ Framework strategies load their framework (and portkit's adapter for it) only wh
 from __future__ import annotations
 
 import contextlib
-import gc
 import importlib
 import os
 
@@ -145,11 +144,7 @@ class _Distributed(Strategy):
         return {k: v for p in parts for k, v in p.items()}
 
     def shutdown(self):
-        if dist.is_initialized():
-            # framework objects in reference cycles (engines, optimizers) can hold gloo work and
-            # tensors; left to interpreter finalization their release can abort the process
-            gc.collect()
-            dist.destroy_process_group()
+        portkit.runtime.release_process_group()
 
 
 class DDP(_Distributed):

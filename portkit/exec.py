@@ -67,15 +67,4 @@ def run(command: list[str]) -> None:
         sys.argv = list(command)
         sys.path.insert(0, os.path.dirname(os.path.abspath(command[0])))
         runpy.run_path(command[0], run_name="__main__")
-    _release_process_group()
-
-
-def _release_process_group() -> None:
-    """A process group the script left behind goes before the interpreter finalizes: gloo work
-    freed during finalization aborts the worker ('terminate called without an active exception')."""
-    import gc
-
-    import torch.distributed as dist
-    gc.collect()
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    runtime.release_process_group()  # one the script left behind

@@ -6,6 +6,7 @@ can import portkit's base classes before any backend is chosen.
 """
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -139,3 +140,13 @@ def capabilities() -> Capabilities:
 
 def peak_bf16_tflops() -> float | None:
     return active().peak_bf16_tflops()
+
+
+def release_process_group() -> None:
+    """Destroy the process group, if any, after collecting cyclic garbage: framework objects in
+    reference cycles (engines, optimizers) can hold gloo work and tensors, and their release during
+    interpreter finalization aborts the process ('terminate called without an active exception')."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
