@@ -235,7 +235,7 @@ def liger_peer(op: str, cfg: BenchConfig) -> Optional[tuple[str, Callable, list,
         import liger_kernel.transformers.functional as lk
     except ImportError:
         return None
-    if not portkit.backend().has_triton():
+    if portkit.backend().device_type != "cuda":  # Liger's kernels run on CUDA (and ROCm) devices
         return None
     h = cfg.hidden
     if op == "rms_norm":
