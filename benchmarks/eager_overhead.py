@@ -64,10 +64,47 @@ def main() -> None:
         "layer_norm bwd direct": lambda: norms_triton.layer_norm_bwd(dy, x.detach(), w.detach(), b.detach(),
                                                                      mean, rstd),
     }
+    cases["Function, Python bwd, no kernel"] = lambda: torch.autograd.grad(Passthrough.apply(x), (x,), dy)
+    cases["Function, bwd = F.rms_norm ops"] = lambda: torch.autograd.grad(TorchBwd.apply(x), (x,), dy)
     thread_cases = {"thread start+join (empty)": in_thread(lambda: None),
                     "rms_norm bwd in thread": in_thread(cases["rms_norm bwd direct"])}
     for name, fn in {**cases, **thread_cases}.items():
-        print(f"{name:28s} {host_us(fn):8.1f} us host per call", flush=True)
+        print(f"{name:32s} {host_us(fn):8.1f} us host per call", flush=True)
+    profile("rms_norm fwd+bwd", cases["rms_norm fwd+bwd"])
+
+
+class Passthrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, dy):
+        return dy
+
+
+class TorchBwd(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, dy):
+        return F.rms_norm(dy, (dy.shape[-1],), None, 1e-6)
+
+
+def profile(name: str, fn) -> None:
+    """The host-time table of 50 calls (Python functions included) and the GIL switch interval."""
+    import sys
+    for _ in range(10):
+        fn()
+    portkit.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_stack=True) as prof:
+        for _ in range(50):
+            fn()
+        portkit.synchronize()
+    print(f"== {name}: profile of 50 calls (switch interval {sys.getswitchinterval()} s)")
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=40, max_name_column_width=90))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Triton kernels for bias+GeLU and packed SwiGLU (CUDA and ROCm) and their host launchers.
 
 Elementwise kernels over the flattened tensor; the bias gradient of bias_gelu is summed per
-program over a run of row tiles and the partials reduced in a second pass.
+program over a run of row tiles (in a tile-shaped accumulator, reduced across rows once at the
+end: a reduction per tile cost a block-wide barrier each step) and the partials reduced in a
+second pass.
 The launchers take the same arguments as the references in portkit.ops.activations.
 """
 from __future__ import annotations
@@ -51,7 +53,7 @@ def _bias_gelu_bwd_kernel(DY, X, B, DX, DB_PART, n_rows, n_cols, rows_per_prog,
     cmask = cols < n_cols
     if HAS_B:
         b = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
-    db = tl.zeros([COLS], dtype=tl.float32)
+    acc = tl.zeros([ROWS, COLS], dtype=tl.float32)  # summed over rows once, after the loop
     first = pid_r.to(tl.int64) * rows_per_prog
     last = tl.minimum(first + rows_per_prog, n_rows)
     for r0 in range(first, last, ROWS):
@@ -65,9 +67,10 @@ def _bias_gelu_bwd_kernel(DY, X, B, DX, DB_PART, n_rows, n_cols, rows_per_prog,
         dgelu = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 0.134145 * z * z)
         dz = tl.load(DY + off, mask=mask, other=0.0).to(tl.float32) * dgelu
         tl.store(DX + off, dz.to(DX.dtype.element_ty), mask=mask)
-        db += tl.sum(tl.where(mask, dz, 0.0), axis=0)
+        if HAS_B:
+            acc += tl.where(mask, dz, 0.0)
     if HAS_B:
-        tl.store(DB_PART + pid_r * n_cols + cols, db, mask=cmask)
+        tl.store(DB_PART + pid_r * n_cols + cols, tl.sum(acc, axis=0), mask=cmask)
 
 
 @triton.jit

@@ -28,6 +28,8 @@ from portkit.ops._op import call, custom_op, pick, with_autograd
 
 REDUCTIONS = ("mean", "sum", "none")
 CHUNK_BUDGET = 1  # a chunk's logits hold about this many times the elements of hidden (N x d)
+MIN_CHUNK = 1 << 25  # ... and at least about this many elements (64 MiB in bf16): with a small d
+# the budget alone gave 256-row chunks at GPT-2 124M (64 chunks of small matmuls a step)
 
 
 @registry.reference("cross_entropy_chunk")
@@ -50,12 +52,13 @@ def cross_entropy_chunk(logits: Tensor, target: Tensor, ignore_index: int,
 
 
 def chunk_rows(n: int, d: int, v: int) -> int:
-    """Rows per chunk: the chunk's logits (rows x V) hold about CHUNK_BUDGET x N x d elements,
-    small beside the full logits, large enough that the weight-gradient accumulation
+    """Rows per chunk: the chunk's logits (rows x V) hold about CHUNK_BUDGET x N x d elements
+    (at least MIN_CHUNK), small beside the full logits, large enough that the weight-gradient accumulation
     (one read and write of the V x d gradient per chunk) stays cheap."""
     per = max(1, -(-v // (CHUNK_BUDGET * d)))  # chunks needed so that rows*V <= BUDGET*N*d
     rows = 1 << max(0, (-(-n // per) - 1).bit_length())  # next power of two
-    return max(1, min(rows, n))
+    floor = MIN_CHUNK // v // 128 * 128  # rows in multiples of 128, as the matmul tiles
+    return max(1, min(max(rows, floor), n))
 
 
 def chunked_linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor],

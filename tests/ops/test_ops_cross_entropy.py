@@ -10,6 +10,12 @@ from portkit.ops import cross_entropy as C
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """The tests' shapes are tiny: without the floor they still run in several chunks."""
+    monkeypatch.setattr(C, "MIN_CHUNK", 0)
+
+
 def _data(n, d, v, dtype=torch.float32, device="cpu", bias=False):
     h = torch.randn(n, d, device=device).to(dtype)
     w = (torch.randn(v, d, device=device) / d ** 0.5).to(dtype)
@@ -51,6 +57,13 @@ def test_the_chunks_are_smaller_than_the_logits():
     rows = C.chunk_rows(16384, 2048, 50304)
     assert rows * 50304 <= 2 * C.CHUNK_BUDGET * 16384 * 2048 and rows <= 16384 // 4  # >= 4 chunks
     assert C.chunk_rows(4, 4096, 10) == 4
+
+
+def test_a_narrow_hidden_gets_chunks_of_at_least_min_chunk_elements(monkeypatch):
+    monkeypatch.setattr(C, "MIN_CHUNK", 1 << 25)
+    assert C.chunk_rows(16384, 768, 50304) == 640  # GPT-2 124M: 26 chunks, not 64 of 256 rows
+    assert C.chunk_rows(8192, 4096, 128256) == 256  # the budget already asks for more: unchanged
+    assert C.chunk_rows(16384, 2048, 50304) == 1024
 
 
 def test_the_chunk_loop_never_materialises_all_logits(seeded):
