@@ -13,7 +13,8 @@ Groups, in order (each a function of the run context returning a list of Checks)
                loaded back with weights_only=True and compared
   unchanged    the CUDA-style scripts of portkit/conformance/scripts (nanoGPT 1 and 2 processes, apex)
                run unchanged through `portkit exec`/`portkit launch`, losses against the scripts
-               edited by hand for the CPU; --unchanged-frameworks adds DeepSpeed, Colossal-AI, Megatron-core
+               edited by hand for the CPU; --unchanged-frameworks adds DeepSpeed, Colossal-AI (2
+               processes) and Megatron-core TP=2 x PP=2 (4); fewer processes where fewer devices
   kernels      every portkit Triton kernel compiled for CUDA and ROCm targets and the device's
                own architecture, with registers, spills, shared memory and occupancy
 A group whose piece of portkit is not installed fails with "missing: <what>", never passes.
@@ -171,7 +172,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed to each subprocess (default 600)")
     parser.add_argument("--unchanged-frameworks", action="store_true",
                         help="the unchanged group also runs the DeepSpeed, Colossal-AI and Megatron-core scripts "
-                             "whose framework is installed (minutes)")
+                             "(minutes; a framework that is not installed fails as missing)")
     parser.add_argument("--verbose", "-v", action="store_true", help="list every check, not only the failed ones")
     parser.add_argument("--workdir", type=Path, help="keep checkpoints and worker outputs here (default: a temporary folder)")
 

@@ -2,9 +2,11 @@
 unchanged on the backend under test through `portkit exec` / `portkit launch -- script.py`,
 their losses compared with the same scripts edited by hand for the CPU and run on plain torch.
 
-Always: nanoGPT train.py in 1 process and with DDP 'nccl' in 2, apex fused modules. With
-`--unchanged-frameworks` also DeepSpeed ZeRO-2, a Colossal-AI Booster and Megatron-core TP=2
-(minutes on a CPU; a framework that is not installed fails with "missing: ...").
+Always: nanoGPT train.py in 1 process and with DDP 'nccl' in 2 (in 1 on a machine with one
+device), apex fused modules. With `--unchanged-frameworks` also DeepSpeed ZeRO-2, a Colossal-AI
+Booster (2 processes) and Megatron-core TP=2 x PP=2 (4) against the same GPT in plain torch; as
+many processes as the backend has devices, up to these (minutes on a CPU; a framework that is
+not installed fails with "missing: ...").
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from pathlib import Path
 import torch
 
 from portkit.conformance.common import Check, Context, needs_active
-from portkit.conformance.multiprocess import NPROC, run_killable, tail, too_few_devices, worker_env
+from portkit.conformance.mcore_reference import mcore_reference
+from portkit.conformance.multiprocess import NPROC, run_killable, tail, worker_env
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -109,14 +112,26 @@ def same_losses(got: list[float], want: list[float], rel: float) -> str | None:
         *bad[0], rel)
 
 
-def portkit_cmd(ctx: Context, nproc: int, script: str, *args: str) -> list[str]:
-    """`portkit exec` (1 process) or `portkit launch` (nproc) of a packaged script on the backend."""
-    head = ["exec"] if nproc == 1 else ["launch", "--nproc-per-node", str(nproc)]
+def world_size(ctx: Context, wanted: int = NPROC) -> int:
+    """Processes of a multi-process script: `wanted` on a CPU device (they share the host), else
+    one per device up to `wanted`; a world of 1 still sends init_process_group('nccl') to the
+    backend's communication library."""
+    b = ctx.backend
+    return wanted if b.device_type == "cpu" else max(1, min(wanted, b.device_count()))
+
+
+def processes(n: int) -> str:
+    return f"{n} process" + ("es" if n > 1 else "")
+
+
+def portkit_cmd(ctx: Context, script: str, *args: str, nproc: int | None = None) -> list[str]:
+    """`portkit exec` of a packaged script on the backend, or `portkit launch` in `nproc` processes."""
+    head = ["exec"] if nproc is None else ["launch", "--nproc-per-node", str(nproc)]
     return [sys.executable, "-m", "portkit.cli", *head, "--backend", ctx.backend.name, "--", str(SCRIPTS / script), *args]
 
 
-def plain_cmd(path: Path, nproc: int, *args: str) -> list[str]:
-    if nproc == 1:
+def plain_cmd(path: Path, *args: str, nproc: int | None = None) -> list[str]:
+    if nproc is None:
         return [sys.executable, str(path), *args]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", str(path), *args]
 
@@ -154,33 +169,46 @@ def unchanged(ctx: Context) -> list[Check]:
         train, apex = hand_edited("train.py", TRAIN_EDITS, edited), hand_edited("apex_train.py", APEX_EDITS, edited)
     except RunFailed as e:
         return [Check("scripts edited for the reference", False, str(e))]
-    checks = [compare(ctx, "train.py (nanoGPT) through portkit exec", portkit_cmd(ctx, 1, "train.py"),
-                      plain_cmd(train, 1), rel),
+    checks = [compare(ctx, "train.py (nanoGPT) through portkit exec", portkit_cmd(ctx, "train.py"),
+                      plain_cmd(train), rel),
               compare(ctx, "apex_train.py (apex fused modules) through portkit exec",
-                      portkit_cmd(ctx, 1, "apex_train.py"), plain_cmd(apex, 1), rel)]
-    checks += too_few_devices(ctx) or [
-        compare(ctx, f"train.py DDP 'nccl' through portkit launch ({NPROC} processes)",
-                portkit_cmd(ctx, NPROC, "train.py"), plain_cmd(train, NPROC), rel)]
+                      portkit_cmd(ctx, "apex_train.py"), plain_cmd(apex), rel),
+              ddp(ctx, train, rel)]
     return checks + (framework_checks(ctx, rel) if ctx.unchanged_frameworks else [])
+
+
+def ddp(ctx: Context, train: Path, rel: float) -> Check:
+    n = world_size(ctx)
+    return compare(ctx, f"train.py DDP 'nccl' through portkit launch ({processes(n)})",
+                   portkit_cmd(ctx, "train.py", nproc=n), plain_cmd(train, nproc=n), rel)
+
+
+def megatron_layout(world: int) -> tuple[int, int]:
+    """(TP, PP) of the Megatron-core script for up to `world` processes: 2 x 2 at 4."""
+    return min(2, world), 2 if world >= 4 else 1
 
 
 def framework_checks(ctx: Context, rel: float) -> list[Check]:
     """DeepSpeed, Colossal-AI, Megatron-core scripts; asked for, a framework that is not installed
     fails with "missing: ..." like every group."""
+    n, (tp, pp) = world_size(ctx), megatron_layout(world_size(ctx, 4))
     ds_config = str(SCRIPTS / "ds_config_zero2.json")
-    runs = {"deepspeed": ("ds_train.py (DeepSpeed ZeRO-2) through portkit launch",
-                          portkit_cmd(ctx, NPROC, "ds_train.py", "--deepspeed_config", ds_config),
-                          lambda: data_parallel_reference("ds_train.py")),
-            "colossalai": ("colo_train.py (Colossal-AI TorchDDP) through portkit launch",
-                           portkit_cmd(ctx, NPROC, "colo_train.py", "--plugin", "torch_ddp"),
-                           lambda: data_parallel_reference("colo_train.py", clip=float("inf"))),
-            "megatron.core": ("mcore_gpt.py (Megatron-core TP=2) through portkit launch",
-                              portkit_cmd(ctx, NPROC, "mcore_gpt.py", "--tp", "2", "--pp", "1"),
-                              portkit_cmd(ctx, 1, "mcore_gpt.py", "--tp", "1", "--pp", "1"))}
+    runs = {"deepspeed": (f"ds_train.py (DeepSpeed ZeRO-2) through portkit launch ({processes(n)})",
+                          portkit_cmd(ctx, "ds_train.py", "--deepspeed_config", ds_config, nproc=n),
+                          lambda: data_parallel_reference("ds_train.py"),
+                          "deepspeed is not installed (pip install portkit[frameworks])"),
+            "colossalai": (f"colo_train.py (Colossal-AI TorchDDP) through portkit launch ({processes(n)})",
+                           portkit_cmd(ctx, "colo_train.py", "--plugin", "torch_ddp", nproc=n),
+                           lambda: data_parallel_reference("colo_train.py", clip=float("inf")),
+                           "colossalai is not installed (see the README's setup)"),
+            "megatron": (f"mcore_gpt.py (Megatron-core TP={tp} x PP={pp}) through portkit launch ({processes(tp * pp)})",
+                         portkit_cmd(ctx, "mcore_gpt.py", "--tp", str(tp), "--pp", str(pp), nproc=tp * pp),
+                         lambda: mcore_reference(SCRIPTS / "mcore_gpt.py"),
+                         "megatron-core is not installed (pip install portkit[frameworks])")}
     checks = []
-    for module, (name, cmd, want) in runs.items():
-        if importlib.util.find_spec(module.split(".")[0]) is None:
-            checks.append(Check(name, False, f"missing: {module} is not installed (pip install portkit[frameworks])"))
+    for module, (name, cmd, want, absent) in runs.items():
+        if importlib.util.find_spec(module) is None:
+            checks.append(Check(name, False, f"missing: {absent}"))
         else:
             checks.append(compare(ctx, name, cmd, want, rel))
     return checks

@@ -1,8 +1,18 @@
 """The `unchanged` conformance group on the cpu backend: the packaged CUDA-style scripts run
 through `portkit exec` / `portkit launch` with the losses of their hand edits for the CPU."""
+from types import SimpleNamespace
+
 from portkit.backends.cpu import CPUBackend
 from portkit.conformance import unchanged
 from portkit.conformance.common import Context
+
+
+class OneDevice(CPUBackend):
+    """An accelerator with one device, as the group sees it; the scripts still run on the cpu backend."""
+    device_type = "one-device accelerator"
+
+    def device_count(self) -> int:
+        return 1
 
 
 def test_unchanged_group_passes_on_cpu_and_a_wrong_reference_fails(tmp_path):
@@ -12,3 +22,33 @@ def test_unchanged_group_passes_on_cpu_and_a_wrong_reference_fails(tmp_path):
         ("apex_train.py (apex fused modules) through portkit exec", True, ""),
         ("train.py DDP 'nccl' through portkit launch (2 processes)", True, "")]
     assert unchanged.same_losses([4.0, 3.9], [4.0, 3.8], 1e-4).startswith("step 1: loss 3.9 through portkit vs 3.8")
+
+
+def test_ddp_check_on_a_one_device_machine_runs_a_world_of_one(tmp_path):
+    """It failed there ("2 processes need 2 devices"); now 1 process: `portkit launch
+    --nproc-per-node 1` (init_process_group('nccl') -> the backend's library) against torchrun."""
+    ctx = Context(backend=OneDevice(), workdir=tmp_path, timeout=300)
+    train = unchanged.hand_edited("train.py", unchanged.TRAIN_EDITS, tmp_path / "edited")
+    check = unchanged.ddp(ctx, train, rel=1e-4)
+    assert (check.name, check.ok, check.reason) == ("train.py DDP 'nccl' through portkit launch (1 process)", True, "")
+
+
+def test_process_counts_follow_the_devices(tmp_path, monkeypatch):
+    ctx = Context(backend=OneDevice(), workdir=tmp_path)
+    assert (unchanged.world_size(ctx), unchanged.world_size(ctx, 4)) == (1, 1)
+    monkeypatch.setattr(OneDevice, "device_count", lambda self: 8)
+    assert (unchanged.world_size(ctx), unchanged.world_size(ctx, 4)) == (2, 4)
+    assert unchanged.world_size(Context(backend=CPUBackend(), workdir=tmp_path), 4) == 4  # processes share the host
+    assert [unchanged.megatron_layout(n) for n in (1, 2, 3, 4)] == [(1, 1), (2, 1), (2, 1), (2, 2)]
+
+
+def test_frameworks_not_installed_fail_as_missing_with_the_process_counts(tmp_path, monkeypatch):
+    monkeypatch.setattr(unchanged, "importlib", SimpleNamespace(util=SimpleNamespace(find_spec=lambda name: None)))
+    checks = unchanged.framework_checks(Context(backend=CPUBackend(), workdir=tmp_path), rel=1e-4)
+    assert [(c.name, c.ok, c.reason) for c in checks] == [
+        ("ds_train.py (DeepSpeed ZeRO-2) through portkit launch (2 processes)", False,
+         "missing: deepspeed is not installed (pip install portkit[frameworks])"),
+        ("colo_train.py (Colossal-AI TorchDDP) through portkit launch (2 processes)", False,
+         "missing: colossalai is not installed (see the README's setup)"),
+        ("mcore_gpt.py (Megatron-core TP=2 x PP=2) through portkit launch (4 processes)", False,
+         "missing: megatron-core is not installed (pip install portkit[frameworks])")]

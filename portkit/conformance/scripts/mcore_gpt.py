@@ -18,6 +18,7 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 SEQ, VOCAB, MICRO_BATCH, MICROBATCHES, STEPS = 16, 64, 2, 2, 3
+LAYERS, HIDDEN, HEADS, LR = 2, 32, 4, 1e-3
 
 
 def initialize_distributed(tensor_model_parallel_size=1, pipeline_model_parallel_size=1):
@@ -37,9 +38,12 @@ def init_weights(weight):
         weight.copy_(torch.randn(weight.shape, generator=g) * 0.02)
 
 
-def model_provider(pre_process=True, post_process=True):
-    config = TransformerConfig(num_layers=2, hidden_size=32, num_attention_heads=4, use_cpu_initialization=True,
-                               pipeline_dtype=torch.float32, hidden_dropout=0.0, attention_dropout=0.0,
+def model_provider(tp, pp, pre_process=True, post_process=True):
+    # the parallel sizes belong in the config too: each pipeline stage builds num_layers / pp layers
+    config = TransformerConfig(num_layers=LAYERS, hidden_size=HIDDEN, num_attention_heads=HEADS,
+                               tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                               use_cpu_initialization=True, pipeline_dtype=torch.float32,
+                               hidden_dropout=0.0, attention_dropout=0.0,
                                init_method=init_weights, output_layer_init_method=init_weights)
     return GPTModel(config=config, transformer_layer_spec=get_gpt_layer_local_spec(), vocab_size=VOCAB,
                     max_sequence_length=SEQ, pre_process=pre_process, post_process=post_process,
@@ -78,10 +82,10 @@ def main():
     initialize_distributed(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp)
     model_parallel_cuda_manual_seed(123)
     # each pipeline stage holds the embedding only if first and the output layer only if last
-    gpt_model = model_provider(pre_process=parallel_state.is_pipeline_first_stage(),
+    gpt_model = model_provider(args.tp, args.pp, pre_process=parallel_state.is_pipeline_first_stage(),
                                post_process=parallel_state.is_pipeline_last_stage())
     gpt_model.cuda()
-    optim = Adam(gpt_model.parameters(), lr=1e-3)
+    optim = Adam(gpt_model.parameters(), lr=LR)
     train_iterator = get_train_data_iterator()
     forward_backward_func = get_forward_backward_func()
 
