@@ -131,7 +131,8 @@ def plot_heldout(rows: list[dict], out: Path, plt) -> list[str]:
     return ["heldout.png"]
 
 
-def write(out: Path, recipe, run, backend, strategy, seconds: float) -> tuple[Path, Path]:
+def write(out: Path, recipe, run, backend, strategy, seconds: float) -> dict:
+    """Write report.json and report.md into `out`; return the report."""
     rows = read_metrics(out / "metrics.jsonl")
     fig, held = figures(rows), heldout(rows)
     rm_acc = run.summary.get("rm_eval_acc")
@@ -145,7 +146,7 @@ def write(out: Path, recipe, run, backend, strategy, seconds: float) -> tuple[Pa
             "plots": plot(rows, out)}
     atomic.write(out / "report.json", json.dumps(data, indent=1))
     atomic.write(out / "report.md", markdown(data))
-    return out / "report.md", out / "report.json"
+    return data
 
 
 def markdown(d: dict) -> str:
@@ -195,12 +196,11 @@ def _cell(h: dict, key: str, gain: str | None = None) -> str:
     return f"{h[key]:.3f} ({h[gain]:+.3f} +- {h[gain.replace('gain', 'margin')]:.3f})"
 
 
-def failed_checks(out: Path) -> list[str]:
-    return [name for name, ok in json.loads((out / "report.json").read_text())["checks"].items() if not ok]
+def failed_checks(d: dict) -> list[str]:
+    return [name for name, ok in d["checks"].items() if not ok]
 
 
-def summary_text(out: Path) -> str:
-    d = json.loads((out / "report.json").read_text())
+def summary_text(d: dict) -> str:
     lines = [f"{'PASS' if ok else 'FAIL'}  {name}" for name, ok in d["checks"].items()]
     for policy, h in d["heldout"].items():
         after = "" if policy == "sft" else "_after"

@@ -281,9 +281,9 @@ def main(args) -> int:
     failed = []
     if strategy.is_main:
         from portkit.models import report
-        paths = report.write(out, recipe, run, backend, strategy, time.perf_counter() - t0)
-        run.progress.note(report.summary_text(out) + f"\nreport: {paths[0]}")
-        failed = report.failed_checks(out)
+        written = report.write(out, recipe, run, backend, strategy, time.perf_counter() - t0)
+        run.progress.note(report.summary_text(written) + f"\nreport: {out / 'report.md'}")
+        failed = report.failed_checks(written)
     del run  # its models and engines go before the process group does
     strategy.shutdown()
     return checks_status(recipe, failed)

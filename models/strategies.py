@@ -8,7 +8,6 @@ Framework strategies load their framework (and portkit's adapter for it) only wh
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 
 import torch
@@ -158,17 +157,6 @@ class DDP(_Distributed):
         return Engine(model, wrapped, optimizer)
 
 
-def _adapter(framework: str):
-    """portkit's adapter module for a framework, or a clear error naming what is missing."""
-    try:
-        return importlib.import_module(f"portkit.patches.{framework}")
-    except ModuleNotFoundError as e:
-        if e.name != f"portkit.patches.{framework}":
-            raise
-        raise NotImplementedError(f"strategy {framework!r} needs portkit's {framework} adapter "
-                                  f"(portkit.patches.{framework}), which is not in this build") from None
-
-
 class DeepSpeedEngine(Engine):
     def backward(self, loss):
         self.wrapped.backward(loss)
@@ -199,7 +187,8 @@ class DeepSpeed(_Distributed):
     name = "deepspeed"
 
     def setup(self):
-        _adapter("deepspeed").init(backend=portkit.backend().name)
+        from portkit.patches import deepspeed as adapter
+        adapter.init(backend=portkit.backend().name)
 
     def prepare(self, model, optimizer):
         import deepspeed
@@ -230,7 +219,8 @@ class Megatron(_Distributed):
         tp = self.spec.tp
         if self.world % tp:
             raise ValueError(f"strategy megatron: WORLD_SIZE {self.world} is not a multiple of tp {tp}")
-        _adapter("megatron").init(tp=tp, seed=1234)
+        from portkit.patches import megatron as adapter
+        adapter.init(tp=tp, seed=1234)
         from megatron.core import parallel_state as ps
         self.tp_rank = ps.get_tensor_model_parallel_rank()
         self.dp_world, self.dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
@@ -285,7 +275,8 @@ class ColossalAI(_Distributed):
     name = "colossalai"
 
     def setup(self):
-        _adapter("colossalai").init(backend=portkit.backend().name)
+        from portkit.patches import colossalai as adapter
+        adapter.init(backend=portkit.backend().name)
 
     def prepare(self, model, optimizer):
         from colossalai.booster import Booster

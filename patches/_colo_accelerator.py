@@ -11,13 +11,13 @@ Built by `build()` at patch time, so importing this module does not import Colos
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
 import torch
 
-from portkit import runtime
-from portkit.backend import Backend
+from portkit.patches._accelerator import BackendAnswers, forward, subclass
 
 
 # Colossal-AI methods that are `torch.<device>.<same name>(same arguments)`.
@@ -29,26 +29,11 @@ FORWARD = ("get_device_name", "synchronize", "get_device_capability", "get_devic
            "reset_peak_memory_stats", "Stream", "Event", "current_stream", "default_stream", "set_stream", "stream")
 
 
-def _forward(attr: str):
-    def method(self, *args, **kwargs):
-        return getattr(self.dev, attr)(*args, **kwargs)
-    method.__name__ = attr
-    return method
-
-
-class _PortkitColoMixin:
+class _PortkitColoMixin(BackendAnswers):
     """The answers that are not plain forwards; `build()` adds the FORWARD table."""
 
     def __init__(self) -> None:
         pass  # name, device and communication backend are read from the active backend each time
-
-    @property
-    def backend(self) -> Backend:
-        return runtime.active()
-
-    @property
-    def _name(self) -> str:
-        return self.backend.device_type
 
     @property
     def _communication_backend(self) -> str:
@@ -59,16 +44,8 @@ class _PortkitColoMixin:
         return self.on_host
 
     @property
-    def on_host(self) -> bool:
-        return self.backend.device_type == "cpu"
-
-    @property
     def support_set_device(self) -> bool:
         return not self.on_host
-
-    @property
-    def dev(self) -> Any:
-        return self.backend.module  # on the CPU: portkit.hostdevice, the one host stand-in
 
     def get_version(self) -> str:
         if self._name == "cuda":
@@ -97,19 +74,12 @@ class _PortkitColoMixin:
         return torch.amp.autocast(device_type=self._name, enabled=enabled, dtype=dtype, cache_enabled=cache_enabled)
 
 
-_CLASS = None
-
-
+@functools.cache
 def build() -> type:
     """The BaseAccelerator subclass (built once, on first use, importing Colossal-AI's base)."""
-    global _CLASS
-    if _CLASS is None:
-        from colossalai.accelerator.base_accelerator import BaseAccelerator
-        ns: dict[str, Any] = {name: _forward(name) for name in FORWARD}
-        ns["__doc__"] = "Colossal-AI accelerator that delegates every device question to portkit's active backend."
-        ns["__module__"] = __name__
-        _CLASS = type("PortkitColoAccelerator", (_PortkitColoMixin, BaseAccelerator), ns)
-    return _CLASS
+    from colossalai.accelerator.base_accelerator import BaseAccelerator
+    forwards = {name: forward(name) for name in FORWARD}
+    return subclass("PortkitColoAccelerator", _PortkitColoMixin, BaseAccelerator, forwards, "Colossal-AI")
 
 
 def make() -> Any:

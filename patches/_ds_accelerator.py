@@ -23,8 +23,7 @@ from typing import Any, Callable
 import psutil
 import torch
 
-from portkit import runtime
-from portkit.backend import Backend
+from portkit.patches._accelerator import BackendAnswers, forward, subclass
 
 # DeepSpeed's own accelerator per torch device type: its op builder directory and builders.
 NATIVE = {"cpu": "cpu_accelerator.CPU_Accelerator", "cuda": "cuda_accelerator.CUDA_Accelerator",
@@ -101,48 +100,25 @@ TENSOR_TYPES = {"BFloat16Tensor": torch.bfloat16, "ByteTensor": torch.uint8, "Do
                 "FloatTensor": torch.float, "HalfTensor": torch.half, "IntTensor": torch.int,
                 "LongTensor": torch.long}
 
-def _forward(attr: str) -> Callable:
-    def method(self, *args, **kwargs):
-        return getattr(self.dev, attr)(*args, **kwargs)
-    method.__name__ = attr
-    return method
-
 
 def _tensor_type(dtype: torch.dtype) -> property:
     return property(lambda self: functools.partial(torch.tensor, dtype=dtype, device=self.device_name()))
 
 
-class _PortkitAcceleratorMixin:
+class _PortkitAcceleratorMixin(BackendAnswers):
     """The non-trivial answers; `build()` adds the FORWARD and TENSOR_TYPES tables."""
 
     def __init__(self) -> None:
         self._compile_backend = "inductor"
         self._native = None
 
-    # -- identity: all from the active backend ----------------------------------------
-    @property
-    def backend(self) -> Backend:
-        return runtime.active()
-
-    @property
-    def _name(self) -> str:
-        return self.backend.device_type
-
+    # -- identity: all from the active backend (BackendAnswers: backend, _name, on_host, dev)
     @property
     def _communication_backend_name(self) -> str:
         return self.backend.dist_backend
 
     def communication_backend_name(self) -> str:
         return self.backend.dist_backend
-
-    @property
-    def on_host(self) -> bool:
-        return self.backend.device_type == "cpu"
-
-    @property
-    def dev(self) -> Any:
-        """torch.<device type>, or the host stand-in (portkit.hostdevice) on the CPU."""
-        return self.backend.module
 
     def is_synchronized_device(self) -> bool:
         return self.on_host
@@ -319,20 +295,13 @@ class _PortkitAcceleratorMixin:
         self._compile_backend = backend
 
 
-_CLASS = None
-
-
+@functools.cache
 def build() -> type:
     """The DeepSpeedAccelerator subclass (built once, on first use, importing DeepSpeed)."""
-    global _CLASS
-    if _CLASS is None:
-        from deepspeed.accelerator.abstract_accelerator import DeepSpeedAccelerator
-        ns: dict[str, Any] = {name: _forward(attr) for name, attr in FORWARD.items()}
-        ns.update({name: _tensor_type(dtype) for name, dtype in TENSOR_TYPES.items()})
-        ns["__doc__"] = "DeepSpeed accelerator that delegates every device question to portkit's active backend."
-        ns["__module__"] = __name__
-        _CLASS = type("PortkitAccelerator", (_PortkitAcceleratorMixin, DeepSpeedAccelerator), ns)
-    return _CLASS
+    from deepspeed.accelerator.abstract_accelerator import DeepSpeedAccelerator
+    methods: dict[str, Any] = {name: forward(attr) for name, attr in FORWARD.items()}
+    methods.update({name: _tensor_type(dtype) for name, dtype in TENSOR_TYPES.items()})
+    return subclass("PortkitAccelerator", _PortkitAcceleratorMixin, DeepSpeedAccelerator, methods, "DeepSpeed")
 
 
 def make() -> Any:

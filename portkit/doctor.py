@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 from portkit import runtime
 from portkit.backend import Backend
@@ -227,36 +227,32 @@ def frameworks_table(found: dict[str, dict[str, Any]]):
 
 
 def patches_table(rows: list[dict[str, Any]]):
-    if not rows:
-        return None
-    t = _table("patches", "name", "framework (tested; installed)", "state", "reason")
-    for p in rows:
-        t.add_row(p["name"], f"{p['framework']} ({p['versions']}; {p['installed'] or 'absent'})", p["state"], p["reason"])
-    return t
+    return _listing("patches", ("name", "framework (tested; installed)", "state", "reason"), rows, lambda p: (
+        p["name"], f"{p['framework']} ({p['versions']}; {p['installed'] or 'absent'})", p["state"], p["reason"]))
 
 
 def ops_table(ops_: dict[str, Any]):
-    if not ops_["table"]:
-        return None if ops_["error"] is None else f"[bold]ops:[/] {ops_['error']}"
-    t = _table("ops", "op", "selected", "implementations")
-    for row in ops_["table"]:
-        t.add_row(row["op"], row["selected"], ", ".join(row["implementations"]))
-    return t
+    if not ops_["table"] and ops_["error"] is not None:
+        return f"[bold]ops:[/] {ops_['error']}"
+    return _listing("ops", ("op", "selected", "implementations"), ops_["table"],
+                    lambda row: (row["op"], row["selected"], ", ".join(row["implementations"])))
 
 
 def checks_table(rows: list[dict[str, Any]]):
-    if not rows:
-        return None
-    t = _table("checks", "plugin", "check", "ok", "detail")
-    for c in rows:
-        t.add_row(c["plugin"], c["name"], "[green]ok[/]" if c["ok"] else "[red]FAIL[/]", c["detail"])
-    return t
+    return _listing("checks", ("plugin", "check", "ok", "detail"), rows, lambda c: (
+        c["plugin"], c["name"], "[green]ok[/]" if c["ok"] else "[red]FAIL[/]", c["detail"]))
 
 
 def errors_table(rows: list[dict[str, Any]]):
+    return _listing("plugin errors", ("plugin", "stage", "reason"), rows,
+                    lambda e: (e["plugin"], e["stage"], e["reason"]))
+
+
+def _listing(title: str, columns: tuple[str, ...], rows: list, cells: Callable[[Any], tuple]):
+    """A table of one row `cells(item)` per item; None where there are no items (printed as "none")."""
     if not rows:
         return None
-    t = _table("plugin errors", "plugin", "stage", "reason")
-    for e in rows:
-        t.add_row(e["plugin"], e["stage"], e["reason"])
+    t = _table(title, *columns)
+    for item in rows:
+        t.add_row(*cells(item))
     return t

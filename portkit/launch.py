@@ -216,11 +216,8 @@ def visible_devices_var(backend) -> str:
 
 
 def tuning_env(name: str) -> dict[str, str]:
-    import portkit.tuning
-    fn = getattr(portkit.tuning, "launch_env", None)
-    if fn is None:
-        raise LaunchError("--tune-profile needs portkit.tuning.launch_env, which this build lacks")
-    return {str(k): str(v) for k, v in fn(name).items()}
+    from portkit.tuning import launch_env
+    return {str(k): str(v) for k, v in launch_env(name).items()}
 
 
 # -- command ----------------------------------------------------------------------------

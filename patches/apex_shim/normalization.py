@@ -76,14 +76,14 @@ class _Function:
     own autograd, so `apply` is the differentiable op; `forward` keeps apex's signature for
     code that inspects it (Megatron-core looks for `memory_efficient`)."""
 
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        return cls.forward(None, *args, **kwargs)
+
 
 class FusedLayerNormAffineFunction(_Function):
     @staticmethod
     def forward(ctx, input, weight, bias, normalized_shape, eps, memory_efficient=False):
-        return fused_layer_norm_affine(input, weight, bias, normalized_shape, eps, memory_efficient)
-
-    @staticmethod
-    def apply(input, weight, bias, normalized_shape, eps, memory_efficient=False):
         return fused_layer_norm_affine(input, weight, bias, normalized_shape, eps, memory_efficient)
 
 
@@ -92,18 +92,10 @@ class FusedLayerNormAffineMixedDtypesFunction(_Function):
     def forward(ctx, input, weight, bias, normalized_shape, eps, memory_efficient=False):
         return mixed_dtype_fused_layer_norm_affine(input, weight, bias, normalized_shape, eps)
 
-    @staticmethod
-    def apply(input, weight, bias, normalized_shape, eps, memory_efficient=False):
-        return mixed_dtype_fused_layer_norm_affine(input, weight, bias, normalized_shape, eps)
-
 
 class FusedLayerNormFunction(_Function):
     @staticmethod
     def forward(ctx, input, normalized_shape, eps, memory_efficient=False):
-        return fused_layer_norm(input, normalized_shape, eps)
-
-    @staticmethod
-    def apply(input, normalized_shape, eps, memory_efficient=False):
         return fused_layer_norm(input, normalized_shape, eps)
 
 
@@ -112,67 +104,49 @@ class FusedRMSNormAffineFunction(_Function):
     def forward(ctx, input, weight, normalized_shape, eps, memory_efficient=False):
         return fused_rms_norm_affine(input, weight, normalized_shape, eps)
 
-    @staticmethod
-    def apply(input, weight, normalized_shape, eps, memory_efficient=False):
-        return fused_rms_norm_affine(input, weight, normalized_shape, eps)
-
 
 class FusedRMSNormFunction(_Function):
     @staticmethod
     def forward(ctx, input, normalized_shape, eps, memory_efficient=False):
         return fused_rms_norm(input, normalized_shape, eps)
 
-    @staticmethod
-    def apply(input, normalized_shape, eps, memory_efficient=False):
-        return fused_rms_norm(input, normalized_shape, eps)
-
 
 # -- modules (apex.normalization) ----------------------------------------------------------
-class FusedLayerNorm(torch.nn.Module):
+class _FusedNorm(torch.nn.Module):
+    """FusedLayerNorm and FusedRMSNorm: the same module but for the bias."""
+
+    PARAMS: tuple[str, ...]  # weight (ones), then bias (zeros) where the norm has one
+
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, memory_efficient=False):
         super().__init__()
         self.normalized_shape = _shape(normalized_shape)
         self.eps, self.elementwise_affine, self.memory_efficient = eps, elementwise_affine, memory_efficient
-        if elementwise_affine:
-            self.weight = Parameter(torch.empty(*self.normalized_shape))
-            self.bias = Parameter(torch.empty(*self.normalized_shape))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        for name in self.PARAMS:
+            self.register_parameter(name, Parameter(torch.empty(*self.normalized_shape)) if elementwise_affine else None)
         self.reset_parameters()
 
     def reset_parameters(self):
         if self.elementwise_affine:
             init.ones_(self.weight)
-            init.zeros_(self.bias)
+            if "bias" in self.PARAMS:
+                init.zeros_(self.bias)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class FusedLayerNorm(_FusedNorm):
+    PARAMS = ("weight", "bias")
 
     def forward(self, input):
         return _layer_norm(input, self.weight, self.bias, self.normalized_shape, self.eps)
 
-    def extra_repr(self):
-        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
 
-
-class FusedRMSNorm(torch.nn.Module):
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, memory_efficient=False):
-        super().__init__()
-        self.normalized_shape = _shape(normalized_shape)
-        self.eps, self.elementwise_affine, self.memory_efficient = eps, elementwise_affine, memory_efficient
-        if elementwise_affine:
-            self.weight = Parameter(torch.empty(*self.normalized_shape))
-        else:
-            self.register_parameter("weight", None)
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        if self.elementwise_affine:
-            init.ones_(self.weight)
+class FusedRMSNorm(_FusedNorm):
+    PARAMS = ("weight",)
 
     def forward(self, input):
         return _rms_norm(input, self.weight, self.normalized_shape, self.eps)
-
-    def extra_repr(self):
-        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
 
 
 def _mixed_kwargs(cls_name: str, kwargs: dict) -> None:
@@ -208,10 +182,6 @@ class FastLayerNormFN(_Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, epsilon, memory_efficient=False):
-        return _layer_norm(x, gamma, beta, gamma.shape, epsilon, out_dtype=gamma.dtype)
-
-    @staticmethod
-    def apply(x, gamma, beta, epsilon, memory_efficient=False):
         return _layer_norm(x, gamma, beta, gamma.shape, epsilon, out_dtype=gamma.dtype)
 
 

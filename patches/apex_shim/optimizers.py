@@ -14,10 +14,11 @@ import torch
 
 import portkit.ops  # noqa: F401  (registers the "adamw_step" op)
 from portkit.ops import registry
+from portkit.ops.adamw import GroupStepOptimizer
 from portkit.patches._adam_kernels import ADAM_MODE_DECOUPLED, ADAM_MODE_L2, adam_
 
 
-class FusedAdam(torch.optim.Optimizer):
+class FusedAdam(GroupStepOptimizer):
     def __init__(self, params, lr=1e-3, bias_correction=True, betas=(0.9, 0.999), eps=1e-8,
                  adam_w_mode=True, weight_decay=0.0, amsgrad=False, set_grad_none=True,
                  capturable=False, master_weights=False):
@@ -34,18 +35,11 @@ class FusedAdam(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool | None = None):
         super().zero_grad(set_to_none=self.set_grad_none if set_to_none is None else set_to_none)
 
-    @torch.no_grad()
     def step(self, closure=None, grads=None, output_params=None, scale=None, grad_norms=None, grad_scaler=None):
         if any(a is not None for a in (grads, output_params, scale, grad_norms)):
             raise RuntimeError("FusedAdam has been updated. Simply initialize it identically to torch.optim.Adam, "
                                "and call step() with no arguments.")
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            self._step_group(group)
-        return loss
+        return super().step(closure)
 
     def _step_group(self, group: dict) -> None:
         params = [p for p in group["params"] if p.grad is not None]

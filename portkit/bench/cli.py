@@ -6,14 +6,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
 
 from portkit import atomic
-
-TRAIN_MODULE = "portkit.bench.train"
+from portkit.errors import UserError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -22,11 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                   description="Each fused op and its native PyTorch peer side by side."))
     train = sub.add_parser("train", help="training throughput (tokens/s, MFU) of a recipe",
                            description="Training throughput of a recipe against its plain-PyTorch run.")
-    mod = _train_module()
-    if mod is not None:
-        mod.configure(train)
-    else:
-        train.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    from portkit.bench import train as bench_train
+    bench_train.configure(train)
 
 
 def _configure_ops(p: argparse.ArgumentParser) -> None:
@@ -53,21 +48,9 @@ def _configure_ops(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.bench_target == "train":
-        mod = _train_module()
-        if mod is None:
-            print(f"portkit bench train: not available in this build ({TRAIN_MODULE} is missing)", file=sys.stderr)
-            return 2
-        return mod.main(args) or 0
+        from portkit.bench import train as bench_train
+        return bench_train.main(args)
     return _main_ops(args)
-
-
-def _train_module():
-    try:
-        return importlib.import_module(TRAIN_MODULE)
-    except ModuleNotFoundError as e:
-        if e.name not in (TRAIN_MODULE, "portkit.models"):
-            raise
-        return None
 
 
 def _config(args: argparse.Namespace):
@@ -75,7 +58,10 @@ def _config(args: argparse.Namespace):
     given = {k: getattr(args, k) for k in ("rows", "hidden", "vocab", "adamw_params", "iters")
              if getattr(args, k) is not None}
     given.update(ops=_names(args.ops), dtype=args.dtype, compile=args.compile, impls=_names(args.impls))
-    return BenchConfig.quick_sizes(**given) if args.quick else BenchConfig(**given)
+    try:
+        return BenchConfig.quick_sizes(**given) if args.quick else BenchConfig(**given)
+    except ValueError as e:  # a bad --ops, --dtype or size: the CLI says it in one line, exit 2
+        raise UserError(str(e)) from e
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -87,11 +73,7 @@ def _main_ops(args: argparse.Namespace) -> int:
     if args.render is not None:
         print(benchmark.markdown(json.loads(args.render.read_text())), end="")
         return 0
-    try:
-        cfg = _config(args)
-    except ValueError as e:
-        print(f"portkit bench ops: {e}", file=sys.stderr)
-        return 2
+    cfg = _config(args)
     import portkit
     portkit.select_backend(args.backend)
     report = benchmark.run(cfg, progress=lambda op: print(f"  measuring {op} ...", file=sys.stderr, flush=True))
@@ -125,6 +107,5 @@ def _print_table(report: dict, benchmark) -> None:
 
 
 if __name__ == "__main__":  # python -m portkit.bench.cli ops ... (the same as `portkit bench ops ...`)
-    _parser = argparse.ArgumentParser(prog="portkit bench")
-    configure(_parser)
-    sys.exit(main(_parser.parse_args()))
+    from portkit import cli
+    sys.exit(cli.main(["bench", *sys.argv[1:]]))

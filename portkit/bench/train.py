@@ -67,6 +67,7 @@ import torch.nn.functional as F
 import portkit
 import portkit.ops as ops
 from portkit.bench.cli import write_output
+from portkit.errors import UserError
 from portkit.ops import registry
 
 SCHEMA = "portkit.bench.train/1"
@@ -150,8 +151,8 @@ def parse(args: argparse.Namespace) -> TrainArgs:
     if args.quick:
         models, steps, warmup = ("tiny",), 2, 1
     if steps < 1 or warmup < 0 or min(args.batch or 1, args.seq or 1) < 1:
-        raise ValueError(f"--steps must be >= 1, --warmup >= 0, --batch/--seq >= 1 "
-                         f"(got {steps}, {warmup}, {args.batch}, {args.seq})")
+        raise UserError(f"--steps must be >= 1, --warmup >= 0, --batch/--seq >= 1 "
+                        f"(got {steps}, {warmup}, {args.batch}, {args.seq})")
     ppo = (QUICK_PPO if args.quick else PPOShape()) if args.ppo else None
     return TrainArgs(models, variants, steps, warmup, args.batch, args.seq, args.compile_backend, ppo, args.quick)
 
@@ -160,16 +161,12 @@ def _split(text: str, allowed, flag: str) -> tuple[str, ...]:
     names = tuple(s.strip().lower() for s in text.split(",") if s.strip())
     bad = [n for n in names if n not in allowed]
     if bad or not names:
-        raise ValueError(f"{flag} {text!r}: unknown {', '.join(bad) or '(empty)'}; choose from {', '.join(allowed)}")
+        raise UserError(f"{flag} {text!r}: unknown {', '.join(bad) or '(empty)'}; choose from {', '.join(allowed)}")
     return names
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        ta = parse(args)
-    except ValueError as e:
-        print(f"portkit bench train: {e}", file=sys.stderr)
-        return 2
+    ta = parse(args)
     portkit.select_backend(args.backend)
     report = run(ta, command_line(args), progress=lambda s: print(f"  {s} ...", file=sys.stderr, flush=True))
     print_table(report)

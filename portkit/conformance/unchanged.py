@@ -86,7 +86,11 @@ def hand_edited(script: str, edits: list[tuple[str, str]], folder: Path) -> Path
 def data_parallel_reference(script: str, clip: float = 1.0) -> list[float]:
     """The script's model and batches trained with plain torch AdamW on the whole global batch:
     what a correct data-parallel ZeRO run reproduces (the hand edit of a ZeRO script)."""
-    ns = runpy.run_path(str(SCRIPTS / script), run_name="reference")  # imports the framework
+    sys.path.insert(0, str(SCRIPTS))  # as `python script` does: the script's folder first, for its imports
+    try:
+        ns = runpy.run_path(str(SCRIPTS / script), run_name="reference")  # imports the framework
+    finally:
+        sys.path.remove(str(SCRIPTS))
     model = ns["build_model"]()
     opt = torch.optim.AdamW(model.parameters(), lr=ns["LR"], weight_decay=0.01)
     losses = []

@@ -45,7 +45,24 @@ def adamw_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]
             p.copy_(w)
 
 
-class FusedAdamW(torch.optim.Optimizer):
+class GroupStepOptimizer(torch.optim.Optimizer):
+    """An optimizer whose step runs the closure as torch's do, then `_step_group` on each group."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict) -> None:
+        raise NotImplementedError
+
+
+class FusedAdamW(GroupStepOptimizer):
     """AdamW (decoupled weight decay, as torch.optim.AdamW) in one fused step.
 
     master_weights: keep fp32 master copies of bf16/fp16 params (None: on when any param is
@@ -69,16 +86,6 @@ class FusedAdamW(torch.optim.Optimizer):
             if self.master_weights and p.dtype in LOW_PRECISION:
                 st["master"] = p.detach().float()
         return st
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            self._step_group(group)
-        return loss
 
     def _step_group(self, group: dict) -> None:
         by_step: dict[int, list[Tensor]] = {}

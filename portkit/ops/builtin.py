@@ -1,5 +1,5 @@
 """The built-in Triton implementations, registered through the plugin door a vendor uses
-(entry point `ops = "portkit.ops.builtin"` in the group portkit.backends).
+(entry point `portkit = "portkit.ops.builtin"` in the group portkit.ops).
 
 They run where the active backend reports `capabilities().triton` (CUDA and ROCm with
 triton installed). Triton itself is imported on the first call, never at registration.

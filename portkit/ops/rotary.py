@@ -40,24 +40,20 @@ def rotary_bwd(dy: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return _rotate(dy, cos, -sin)
 
 
-@custom_op("portkit::rotary")
-def _rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    return pick("rotary_fwd", rotary_fwd, x)(x, cos, sin)
+def _rotation_op(name: str, registry_op: str, reference):
+    """The custom op portkit::<name> (t, cos, sin) -> like t: the registry's choice for `registry_op`."""
+    @custom_op(f"portkit::{name}")
+    def op(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        return pick(registry_op, reference, t)(t, cos, sin)
+
+    @op.register_fake
+    def _(t, cos, sin):
+        return t.new_empty(t.shape)
+    return op
 
 
-@_rotary.register_fake
-def _(x, cos, sin):
-    return x.new_empty(x.shape)
-
-
-@custom_op("portkit::rotary_backward")
-def _rotary_backward(dy: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    return pick("rotary_bwd", rotary_bwd, dy)(dy, cos, sin)
-
-
-@_rotary_backward.register_fake
-def _(dy, cos, sin):
-    return dy.new_empty(dy.shape)
+_rotary = _rotation_op("rotary", "rotary_fwd", rotary_fwd)
+_rotary_backward = _rotation_op("rotary_backward", "rotary_bwd", rotary_bwd)
 
 
 def _setup(ctx, inputs, output):
