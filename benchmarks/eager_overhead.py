@@ -66,6 +66,7 @@ def main() -> None:
     }
     cases["Function, Python bwd, no kernel"] = lambda: torch.autograd.grad(Passthrough.apply(x), (x,), dy)
     cases["Function, bwd = F.rms_norm ops"] = lambda: torch.autograd.grad(TorchBwd.apply(x), (x,), dy)
+    cases["Function, bwd = Triton launcher"] = lambda: torch.autograd.grad(TritonBwd.apply(x, w), (x, w), dy)
     thread_cases = {"thread start+join (empty)": in_thread(lambda: None),
                     "rms_norm bwd in thread": in_thread(cases["rms_norm bwd direct"])}
     for name, fn in {**cases, **thread_cases}.items():
@@ -91,6 +92,21 @@ class TorchBwd(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         return F.rms_norm(dy, (dy.shape[-1],), None, 1e-6)
+
+
+class TritonBwd(torch.autograd.Function):
+    """portkit's Triton kernels called directly: no registry, no custom-op body. Far below
+    "rms_norm fwd+bwd" puts the overhead in portkit's path; as high, in Triton under the engine."""
+    @staticmethod
+    def forward(ctx, x, w):
+        y, rstd = norms_triton.rms_norm_fwd(x, w, 1e-6)
+        ctx.save_for_backward(x, w, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, rstd = ctx.saved_tensors
+        return norms_triton.rms_norm_bwd(dy, x, w, rstd)
 
 
 def profile(name: str, fn) -> None:

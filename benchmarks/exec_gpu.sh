@@ -2,7 +2,7 @@
 # On a CUDA machine: each single-GPU-capable script of portkit/conformance/scripts run natively and
 # through `portkit exec` (backend cuda); prints both JSON loss lines. They must be equal:
 # on CUDA the adaptation leaves torch.cuda native. Frameworks that are not installed are
-# skipped with a line saying so (carry their wheels to test them).
+# skipped with a line saying so (carry their wheels to test them; colossalai imports bitsandbytes).
 # Usage: bash benchmarks/exec_gpu.sh [PYTHON]   (default: .venv/bin/python, else python3)
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -16,7 +16,7 @@ timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/models/test_gpt_model.py
 ops() { timeout 60 "$PY" -m portkit.cli bench ops "$@" 2>&1 | log; }
 ops --ops linear_cross_entropy --rows 8192 --hidden 4096 --vocab 128256 --iters 10 --json-out "$OUT/ops-h200-lce-128k.json"
 ops --ops linear_cross_entropy --rows 16384 --hidden 2048 --vocab 50304 --iters 10 --json-out "$OUT/ops-h200-lce-50k.json"
-ops --ops rms_norm,layer_norm,swiglu --rows 16384 --hidden 4096 --iters 20 --json-out "$OUT/ops-h200-eager-16384.json"
+ops --ops rms_norm,layer_norm,swiglu,bias_gelu --rows 16384 --hidden 4096 --iters 20 --json-out "$OUT/ops-h200-eager-16384.json"
 ops --ops rms_norm,layer_norm,swiglu --rows 256 --hidden 4096 --iters 50 --json-out "$OUT/ops-h200-eager-256.json"
 timeout 60 "$PY" benchmarks/eager_overhead.py 2>&1 | log
 ppo=--ppo
