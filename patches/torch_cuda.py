@@ -18,7 +18,9 @@ in two ways, both reversible:
   to the backend's device type; torch.autocast / torch.amp / torch.cuda.amp (autocast,
   GradScaler, custom_fwd) take it too; init_process_group and new_group with 'nccl' take
   the backend's communication library. On the host, pin_memory and record_stream are
-  no-ops and DDP drops CUDA device_ids.
+  no-ops, DDP drops CUDA device_ids and torch.device(int) is the host. An int where a
+  device is expected (`.to(rank)`, `.cuda(rank)`, device=rank, torch.device(rank)) means
+  'cuda:rank', as CUDA reads it.
   Enable with `portkit.patching.enable("torch")` or `install()`; undo with `uninstall()`.
   Not covered: a torch.device('cuda') object compares unequal to the mapped device, and
   C++ code handed such an object unmapped (outside the calls above) still fails.
@@ -68,23 +70,28 @@ class TorchProxy(types.ModuleType):
         return getattr(torch, name)
 
 
+_TORCH_DEVICE = torch.device
+
+
 def _device_class(device_type: str):
     """torch.device with 'cuda' mapped to `device_type`; instances are real torch.devices.
     torch.device('cuda', torch.cuda.current_device()) works when current_device is a device."""
-    real = torch.device
+    real = _TORCH_DEVICE
 
     class _Meta(type):
         def __instancecheck__(cls, obj):
             return isinstance(obj, real)
 
     class device(metaclass=_Meta):
-        def __new__(cls, spec, index=None):
+        def __new__(cls, spec=None, index=None, type=None):
             if isinstance(index, real):
                 return index
-            spec = map_device(spec, device_type)
-            if device_type == "cpu" or index is None:
-                return real(spec)
-            return real(spec, index)
+            spec = type if spec is None else spec
+            mapped = map_device(cuda_index(spec), device_type)
+            if index is None or (device_type == "cpu" and mapped != spec):  # the host has no index
+                return real(mapped)
+            return real(mapped, index)
+    device.__module__, device.__qualname__ = "torch", "device"  # pickled (torch.save) by that name
     return device
 
 
@@ -104,17 +111,24 @@ def map_device(device: Any, device_type: str) -> Any:
     return device
 
 
-def _map_args(args: tuple, kwargs: dict, device_type: str) -> tuple[tuple, dict]:
+def cuda_index(device: Any) -> Any:
+    """An int where a device is expected means 'cuda:int', as CUDA reads it (`.to(rank)`)."""
+    return f"cuda:{device}" if isinstance(device, int) and not isinstance(device, bool) else device
+
+
+def _map_args(args: tuple, kwargs: dict, device_type: str, int_at: int | None = None) -> tuple[tuple, dict]:
+    if int_at is not None and len(args) > int_at:  # an int there is a device (elsewhere a size or value)
+        args = args[:int_at] + (cuda_index(args[int_at]),) + args[int_at + 1:]
     args = tuple(map_device(a, device_type) for a in args)
     if "device" in kwargs:
-        kwargs = dict(kwargs, device=map_device(kwargs["device"], device_type))
+        kwargs = dict(kwargs, device=map_device(cuda_index(kwargs["device"]), device_type))
     return args, kwargs
 
 
-def _mapping(fn, device_type: str):
+def _mapping(fn, device_type: str, int_at: int | None = None):
     @functools.wraps(fn)
     def mapped(*args, **kwargs):
-        args, kwargs = _map_args(args, kwargs, device_type)
+        args, kwargs = _map_args(args, kwargs, device_type, int_at)
         return fn(*args, **kwargs)
     mapped.__portkit_redirect__ = True
     op = torch.jit._builtins._find_builtin(fn)
@@ -125,16 +139,14 @@ def _mapping(fn, device_type: str):
 
 def _cuda_method(device_type: str):
     def cuda(self, device=None, non_blocking=False, **kwargs):
-        target = device_type if device is None else map_device(
-            f"cuda:{device}" if isinstance(device, int) else device, device_type)
+        target = device_type if device is None else map_device(cuda_index(device), device_type)
         return self.to(target, non_blocking=non_blocking, **kwargs)
     return cuda
 
 
 def _module_cuda(device_type: str):
     def cuda(self, device=None):
-        target = device_type if device is None else map_device(
-            f"cuda:{device}" if isinstance(device, int) else device, device_type)
+        target = device_type if device is None else map_device(cuda_index(device), device_type)
         return self.to(target)
     return cuda
 
@@ -281,9 +293,9 @@ def _redirect_devices(device_type: str) -> None:
         if hasattr(torch, name):
             _set(torch, name, _mapping(getattr(torch, name), device_type))
     for name in TENSOR_METHODS:
-        _set(torch.Tensor, name, _mapping(getattr(torch.Tensor, name), device_type))
+        _set(torch.Tensor, name, _mapping(getattr(torch.Tensor, name), device_type, int_at=1 if name == "to" else None))
     _set(torch.Tensor, "cuda", _cuda_method(device_type))
-    _set(torch.nn.Module, "to", _mapping(torch.nn.Module.to, device_type))
+    _set(torch.nn.Module, "to", _mapping(torch.nn.Module.to, device_type, int_at=1))
     _set(torch.nn.Module, "cuda", _module_cuda(device_type))
     _set(torch, "Generator", _generator(device_type))
     _set(torch, "load", _map_location(torch.load, device_type))
@@ -296,7 +308,9 @@ def _redirect_devices(device_type: str) -> None:
 
 
 def _redirect_host_only() -> None:
-    """What CUDA code does that has no meaning on the host: pinning, stream records, DDP device_ids."""
+    """What CUDA code does that has no meaning on the host: pinning, stream records, DDP device_ids;
+    torch.device(rank), which torch refuses without an accelerator, is the host."""
+    _set(torch, "device", _device_class("cpu"))
     _set(torch.Tensor, "pin_memory", lambda self, device=None: self)
     _set(torch.Tensor, "record_stream", lambda self, stream: None)
     ddp = torch.nn.parallel.DistributedDataParallel

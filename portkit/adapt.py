@@ -13,7 +13,10 @@ every framework portkit adapts, before the script's first line:
    (patches/torch_cuda.py; native on CUDA/ROCm, the host stand-in on the CPU);
 4. the apex shim answers `import apex` where NVIDIA apex is absent;
 5. DeepSpeed, Colossal-AI and Megatron-core are patched when, and only when, the script
-   imports them; a framework outside its tested range is named with the ranges instead.
+   imports them; a framework outside its tested range is named with the ranges instead;
+6. workers started with the 'spawn' or 'forkserver' method (torch.multiprocessing.spawn,
+   multiprocessing.get_context('spawn').Process) activate the same backend before they
+   re-import the script and unpickle their target.
 
 What portkit cannot serve is said in one line on stderr starting with `portkit:`.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import multiprocessing.spawn
 import os
 import sys
 from pathlib import Path
@@ -67,8 +71,49 @@ def activate(backend: str | None = None) -> Backend:
     patching.enable("apex", strict=False)
     for framework, module in LAZY.items():
         _enable_lazily(framework, module)
+    _reach_spawned_children(chosen.name)
     _state["backend"] = chosen
     return chosen
+
+
+# -- workers started by 'spawn' / 'forkserver' --------------------------------------------
+# A spawned child is a fresh interpreter: it unpickles the parent's preparation data, runs
+# multiprocessing.spawn.prepare() (which re-imports the script as __mp_main__), then unpickles
+# its target. One more entry in that data, unpickled first, activates the backend there. This
+# reaches exactly the children multiprocessing starts (no sitecustomize on PYTHONPATH, which
+# every Python subprocess, compile workers included, would run).
+def _reach_spawned_children(backend: str) -> None:
+    prepare = multiprocessing.spawn.get_preparation_data
+    if getattr(prepare, "__portkit__", False):
+        return
+
+    @functools.wraps(prepare)
+    def get_preparation_data(name):
+        return {**prepare(name), "portkit_backend": _InChild(backend)}
+    get_preparation_data.__portkit__ = True
+    multiprocessing.spawn.get_preparation_data = get_preparation_data
+
+
+class _InChild:
+    """Unpickled in a spawned child: activates `backend` there."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    def __reduce__(self):
+        return activate_in_child, (self.backend,)
+
+
+def activate_in_child(backend: str) -> str:
+    """activate(backend) in a spawned worker; one `portkit:` line and exit 2 where it cannot."""
+    try:
+        activate(backend)
+    except (runtime.BackendError, patching.PatchError) as e:
+        warn(f"a spawned worker could not be adapted to backend {backend!r}: {e}; "
+             f"make the backend usable in the worker's environment, or start workers with torchrun "
+             f"(portkit launch -- script.py)")
+        raise SystemExit(2) from None
+    return backend
 
 
 def active() -> Backend | None:
@@ -113,6 +158,8 @@ def explain(backend: Backend, script: str | None = None) -> list[str]:
     var = backend.visible_devices_env
     if var and var != CUDA_VISIBLE:
         lines.append(f"  {CUDA_VISIBLE} -> {var}")
+    lines.append("  workers started by torch.multiprocessing.spawn / a 'spawn' or 'forkserver' context "
+                 "-> adapted the same way")
     lines += _framework_lines()
     if script is not None:
         lines.append(f"script imports: {', '.join(script_imports(script)) or '(nothing portkit adapts)'}")

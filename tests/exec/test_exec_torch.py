@@ -27,6 +27,11 @@ def test_exec_redirects_device_strings(calls):
         assert got[key] == "cpu", key
 
 
+def test_exec_redirects_int_devices_as_cuda_reads_them(calls):
+    _, got = calls
+    assert got["int_devices"] == ["cpu"] * 5 and got["ints_kept"] == [1, 1, 0]  # sizes and values stay ints
+
+
 def test_exec_redirects_torch_cuda_calls(calls):
     backend, got = calls
     assert got["is_available"] and got["device_count"] == 1 and got["bf16"] and got["rng_restored"] and got["memory"]
@@ -106,7 +111,7 @@ def test_exec_dry_run_lists_adaptations():
     out = done.stdout
     assert "backend 'testvendor'" in out and "'nccl' -> 'gloo'" in out and "CUDA_VISIBLE_DEVICES -> TESTVENDOR_VISIBLE_DEVICES" in out
     assert "deepspeed.accelerator:" in out and "apex -> portkit's apex shim" in out
-    assert "script imports: torch" in out and "iter 0" not in out
+    assert "torch.multiprocessing.spawn" in out and "script imports: torch" in out and "iter 0" not in out
 
 
 def test_exec_bad_input_exits_2_without_traceback():

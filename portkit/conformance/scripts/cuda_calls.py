@@ -12,6 +12,11 @@ out["to_cuda_1"] = torch.ones(2).to(torch.device("cuda:1")).device.type
 out["tensor_cuda"] = torch.ones(2).cuda().device.type
 out["module_cuda"] = next(torch.nn.Linear(2, 2).cuda().parameters()).device.type
 out["generator"] = torch.Generator(device="cuda").device.type
+rank = 0  # an int device means cuda:rank (torch.multiprocessing.spawn scripts)
+out["int_devices"] = [torch.ones(2).to(rank).device.type, next(torch.nn.Linear(2, 2).to(rank).parameters()).device.type,
+                      torch.ones(2).cuda(rank).device.type, torch.zeros(2, device=rank).device.type,
+                      torch.device(rank).type]
+out["ints_kept"] = torch.full((2,), 1).tolist() + torch.ones(2).new_zeros(1).tolist()
 out["is_available"] = torch.cuda.is_available()
 out["device_count"] = torch.cuda.device_count()
 out["device_name"] = torch.cuda.get_device_name()
