@@ -78,3 +78,15 @@ def test_impls_time_each_distinct_implementation_once():
     assert [(r["mode"], r["portkit"]["name"]) for r in rows] == [("fwd", "portkit (reference)"),
                                                                    ("fwd+bwd", "portkit (reference)")]
     assert "--impls auto,reference,triton" in benchmark.command_line(cfg)
+
+
+def test_the_liger_peer_is_skipped_off_cuda_when_liger_is_installed(monkeypatch):
+    """With Liger importable, a run on a device Liger cannot serve gets no Liger side (and no crash)."""
+    import sys
+    import types
+    fake = types.ModuleType("liger_kernel.transformers.functional")
+    for name in ("liger_kernel", "liger_kernel.transformers"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.functional", fake)
+    portkit.select_backend("cpu")
+    assert benchmark.liger_peer("rms_norm", benchmark.BenchConfig()) is None
