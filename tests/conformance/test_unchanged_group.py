@@ -52,3 +52,24 @@ def test_frameworks_not_installed_fail_as_missing_with_the_process_counts(tmp_pa
          "missing: colossalai is not installed (see the README's setup)"),
         ("mcore_gpt.py (Megatron-core TP=2 x PP=2) through portkit launch (4 processes)", False,
          "missing: megatron-core is not installed (pip install portkit[frameworks])")]
+
+
+def test_only_the_reference_runs_again_after_a_failure(tmp_path, monkeypatch):
+    """A plain-torch reference that aborts once is run again; a failing portkit side is not."""
+    runs, fail = [], set()
+
+    def run_killable(cmd, env, timeout, log):
+        runs.append(cmd[0])
+        if cmd[0] in fail:
+            fail.discard(cmd[0])
+            return -6, "aborted"
+        return 0, '{"losses": [4.0]}'
+    monkeypatch.setattr(unchanged, "run_killable", run_killable)
+    ctx = Context(backend=CPUBackend(), workdir=tmp_path)
+    fail.add("reference")
+    assert unchanged.compare(ctx, "check", ["portkit"], ["reference"], 1e-4).ok
+    assert runs == ["portkit", "reference", "reference"]
+    runs.clear()
+    fail.add("portkit")
+    check = unchanged.compare(ctx, "check", ["portkit"], ["reference"], 1e-4)
+    assert not check.ok and "exited -6" in check.reason and runs == ["portkit"]
