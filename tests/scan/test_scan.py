@@ -13,7 +13,6 @@ import pytest
 
 from portkit import cli, runtime, scan
 from portkit.patches import apex as apex_shim
-from portkit.patches import torch_cuda
 
 HERE = Path(__file__).parent
 PROJECT = HERE / "fixtures" / "project"
