@@ -143,10 +143,12 @@ def peak_bf16_tflops() -> float | None:
 
 
 def release_process_group() -> None:
-    """Destroy the process group, if any, after collecting cyclic garbage: framework objects in
-    reference cycles (engines, optimizers) can hold gloo work and tensors, and their release during
-    interpreter finalization aborts the process ('terminate called without an active exception')."""
+    """Collect cyclic garbage, then destroy the process group if one is left. Framework objects in
+    reference cycles (engines, optimizers, a finished script's namespace with its DDP model) can
+    hold gloo work and tensors, and their release during interpreter finalization aborts the
+    process ('terminate called without an active exception'), also after the script destroyed
+    the group itself."""
+    gc.collect()
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
-        gc.collect()
         dist.destroy_process_group()
