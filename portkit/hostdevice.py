@@ -155,6 +155,11 @@ class HostDevice(types.ModuleType):
     def set_stream(self, stream) -> None:
         pass
 
+    def is_current_stream_capturing(self) -> bool:
+        # No graph is ever captured on the host. torch's optimizers ask on a machine whose
+        # accelerator is CUDA (torch.optim's _accelerator_graph_capture_health_check).
+        return False
+
     # -- random numbers: the device generator is the CPU generator --------------------------
     # torch.manual_seed and torch.seed call torch.cuda's: only the CPU generator here, no loop
     def manual_seed(self, seed: int) -> None:
