@@ -16,5 +16,7 @@ export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "import megatron.core, sys; print('megatron-core', megatron.core.__version__, 'python', sys.version.split()[0])"
 echo "== CPU over gloo (as CI)"
 PORTKIT_BACKEND=cpu "$PY" -m pytest -q -p no:cacheprovider tests/patches/test_megatron_patches.py tests/patches/test_megatron_tp.py
+echo "== the GPT script, TP=2 x PP=2 in 4 processes through portkit launch (cpu, testvendor), over gloo"
+"$PY" -m pytest -q -p no:cacheprovider tests/exec/test_exec_frameworks.py -k megatron
 echo "== GPU (native cuda)"
 PORTKIT_BACKEND=cuda "$PY" -m pytest -q -p no:cacheprovider tests/patches/test_megatron_tp.py
