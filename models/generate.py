@@ -68,10 +68,11 @@ class Decoder:
         if m.wpe is not None:  # as _positions: real tokens up to this column, minus one
             x = x + m.wpe(((self.valid & upto).sum(1, keepdim=True) - 1).clamp(min=0))
         rope = None if self.rope is None else tuple(t.index_select(0, self.pos) for t in self.rope)
+        delta = None
         for block, cache in zip(m.h, self.caches):
             cache.pos = self.pos
-            x = block(x, rope, mask, cache)
-        return m.logits(m.ln_f(x)[:, -1])
+            x, delta = block(x, rope, mask, cache, delta)
+        return m.logits(m.ln_f.add(x, delta)[1][:, -1])
 
 
 def graph_api():

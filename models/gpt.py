@@ -64,6 +64,14 @@ class Norm(nn.Module):
             return ops.rms_norm(x, self.weight, self.eps)
         return ops.layer_norm(x, self.weight, self.bias, self.eps)
 
+    def add(self, x, delta):
+        """(x + delta, the norm of it) in one fused op; (x, the norm of x) when delta is None."""
+        if delta is None:
+            return x, self(x)
+        if self.kind == "rmsnorm":
+            return ops.add_rms_norm(x, delta, self.weight, self.eps)
+        return ops.add_layer_norm(x, delta, self.weight, self.bias, self.eps)
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig):
@@ -127,9 +135,14 @@ class Block(nn.Module):
         self.ln_1, self.attn, self.ln_2, self.mlp = Norm(cfg), Attention(cfg), Norm(cfg), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, mask, cache):
-        x = x + self.drop(self.attn(self.ln_1(x), rope, mask, cache))
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x, rope, mask, cache, delta=None):
+        """x + attn(ln_1(x)), then + mlp(ln_2(.)), with each residual add fused into the norm
+        after it: `delta` is the previous block's MLP output, still to be added to the stream
+        x; returns the stream and this block's MLP output, to be added by the next norm
+        (the next block's ln_1, or ln_f)."""
+        x, h = self.ln_1.add(x, delta)
+        x, h = self.ln_2.add(x, self.drop(self.attn(h, rope, mask, cache)))
+        return x, self.mlp(h)
 
 
 class GPT(nn.Module):
@@ -176,10 +189,10 @@ class GPT(nn.Module):
         if self.cfg.pos == "rotary":  # relative: column indices serve for left-padded rows too
             cos, sin = ops.rotary_tables(start + T, self.cfg.head_dim, device=idx.device)
             rope = (cos[start:], sin[start:])
-        x = self.drop(x)
+        x, delta = self.drop(x), None
         for i, block in enumerate(self.h):
-            x = block(x, rope, mask, None if cache is None else cache[i])
-        return self.ln_f(x)
+            x, delta = block(x, rope, mask, None if cache is None else cache[i], delta)
+        return self.ln_f.add(x, delta)[1]
 
     def forward(self, idx, targets=None, valid=None, reduction="mean", cache=None, start=0, temperature=1.0,
                 top_k=0):

@@ -54,6 +54,24 @@ def _ln_bwd(s, g):
     return _t(x.shape, g), x, w, b, mean, rstd
 
 
+def _add_rms_fwd(s, g):
+    x, w, _ = _norm_rows(s, g)
+    return x, _t(x.shape, g), w, 1e-6
+
+
+def _add_ln_fwd(s, g):
+    x, w, b = _norm_rows(s, g)
+    return x, _t(x.shape, g), w, b, 1e-5
+
+
+def _rms_bwd_add(s, g):
+    return (*_rms_bwd(s, g), _t(s, g))
+
+
+def _ln_bwd_add(s, g):
+    return (*_ln_bwd(s, g), _t(s, g))
+
+
 def _gelu_fwd(s, g):
     return _t(s, g), _t(s[-1:], g, 0.1)
 
@@ -116,6 +134,8 @@ HEADS = ((1, 2, 7, 8), (2, 3, 33, 64))
 CASES: dict[str, tuple[Callable, tuple]] = {  # registry op -> (inputs(shape, generator), shapes)
     "rms_norm_fwd": (_rms_fwd, ROWS), "rms_norm_bwd": (_rms_bwd, ROWS),
     "layer_norm_fwd": (_ln_fwd, ROWS), "layer_norm_bwd": (_ln_bwd, ROWS),
+    "add_rms_norm_fwd": (_add_rms_fwd, ROWS), "add_layer_norm_fwd": (_add_ln_fwd, ROWS),
+    "rms_norm_bwd_add": (_rms_bwd_add, ROWS), "layer_norm_bwd_add": (_ln_bwd_add, ROWS),
     "bias_gelu_fwd": (_gelu_fwd, ROWS), "bias_gelu_bwd": (_gelu_bwd, ROWS),
     "swiglu_fwd": (_swiglu_fwd, ROWS), "swiglu_bwd": (_swiglu_bwd, ROWS),
     "rotary_fwd": (_rotary_fwd, HEADS), "rotary_bwd": (_rotary_fwd, HEADS),

@@ -41,6 +41,12 @@ def check_vector(name: str, v: Tensor | None, size: int, op: str) -> None:
                          f"to match the last dimension of x")
 
 
+def check_residual(x: Tensor, residual: Tensor, op: str) -> None:
+    if residual.shape != x.shape or residual.dtype != x.dtype:
+        raise ValueError(f"{op}: residual is {residual.dtype} {tuple(residual.shape)}, expected "
+                         f"{x.dtype} {tuple(x.shape)} like x")
+
+
 # -- custom op for torch.compile, autograd.Function for eager -------------------------------
 _trace = threading.local()
 

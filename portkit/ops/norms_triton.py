@@ -2,8 +2,8 @@
 
 Forward: one program per row, the row in registers. Backward: each program walks a run
 of rows (the next row's loads, its mean and rstd included, issued before this row's
-reductions), writes dx per row and keeps partial dW/dB sums in registers; a second launch
-sums the per-program partials into the parameters' dtype (the layer-norm tutorial's
+reductions), writes dx per row and keeps partial dW/dB sums in registers; torch's sum
+adds the per-program partials up in the parameters' dtype (the layer-norm tutorial's
 scheme, without locks).
 The launchers take the same arguments as the references in portkit.ops.norms.
 """
@@ -20,21 +20,32 @@ from portkit.ops._triton_utils import fits, is_hip, row_settings, sm_count
 # Backward launch shape from an H100 sweep (bf16, rows of 1024 to 8192): 16 elements of a row
 # per thread and about 16 warps per multiprocessor were the fastest at every width.
 BWD_ELEMS_PER_THREAD, BWD_WARPS_PER_SM = 16, 16
-SUM_BLOCK_P, SUM_BLOCK_N, SUM_WARPS = 128, 8, 1  # partial-sum tile: the fastest in the same sweep
 
 
 @triton.jit
-def _rms_fwd_kernel(X, Y, W, RSTD, n_cols, eps, HAS_W: tl.constexpr, BLOCK: tl.constexpr):
+def _rms_fwd_kernel(X, R, S, Y, W, RSTD, n_cols, eps, HAS_RES: tl.constexpr, HAS_W: tl.constexpr,
+                    BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
-    x = tl.load(X + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+    x = _load_input(X, R, S, row * n_cols + cols, mask, HAS_RES)
     rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + eps)
     y = x * rstd
     if HAS_W:
         y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(RSTD + row, rstd)
     tl.store(Y + row * n_cols + cols, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_input(X, R, S, off, mask, HAS_RES: tl.constexpr):
+    """A row of x in fp32; with HAS_RES the row of s = x + r, stored to S in its dtype and
+    normalized as stored (the unfused add's rounding)."""
+    x = tl.load(X + off, mask=mask, other=0.0)
+    if HAS_RES:
+        x = (x.to(tl.float32) + tl.load(R + off, mask=mask, other=0.0).to(tl.float32)).to(S.dtype.element_ty)
+        tl.store(S + off, x, mask=mask)
+    return x.to(tl.float32)
 
 
 @triton.jit
@@ -45,12 +56,12 @@ def _load_rows(DY, X, row, n_cols, cols, mask):
 
 
 @triton.jit
-def _ln_fwd_kernel(X, Y, W, B, MEAN, RSTD, n_cols, eps,
+def _ln_fwd_kernel(X, R, S, Y, W, B, MEAN, RSTD, n_cols, eps, HAS_RES: tl.constexpr,
                    HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
-    x = tl.load(X + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+    x = _load_input(X, R, S, row * n_cols + cols, mask, HAS_RES)
     mean = tl.sum(x, axis=0) / n_cols
     xc = tl.where(mask, x - mean, 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / n_cols + eps)
@@ -65,9 +76,11 @@ def _ln_fwd_kernel(X, Y, W, B, MEAN, RSTD, n_cols, eps,
 
 
 @triton.jit
-def _norm_bwd_kernel(DY, X, W, MEAN, RSTD, DX, PART, n_rows, n_cols, rows_per_prog, CENTERED: tl.constexpr,
-                     HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
-    """LayerNorm's backward; with CENTERED=False (no mean, no bias) RMSNorm's."""
+def _norm_bwd_kernel(DY, X, W, MEAN, RSTD, DRES, DX, PART, n_rows, n_cols, rows_per_prog,
+                     CENTERED: tl.constexpr, HAS_DRES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    """LayerNorm's backward; with CENTERED=False (no mean, no bias) RMSNorm's. With HAS_DRES
+    the residual stream's gradient DRES is added to dx (the fused residual add's backward)."""
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -99,31 +112,16 @@ def _norm_bwd_kernel(DY, X, W, MEAN, RSTD, DX, PART, n_rows, n_cols, rows_per_pr
         dx = g - xhat * (tl.sum(xhat * g, axis=0) / n_cols)
         if CENTERED:
             dx = dx - tl.sum(g, axis=0) / n_cols
-        tl.store(DX + row * n_cols + cols, (rstd * dx).to(DX.dtype.element_ty), mask=mask)
+        dx = rstd * dx
+        if HAS_DRES:
+            dx += tl.load(DRES + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + row * n_cols + cols, dx.to(DX.dtype.element_ty), mask=mask)
         dw += dy * xhat
         db += dy
     if HAS_W:  # partials: slab 0 dW, then dB (slab 0 when there is no weight)
         tl.store(PART + pid * n_cols + cols, dw, mask=mask)
     if HAS_B:
         tl.store(PART + (HAS_W * tl.num_programs(0) + pid) * n_cols + cols, db, mask=mask)
-
-
-@triton.jit
-def _sum_parts_kernel(PART, OUT_A, OUT_B, n_parts, n_cols, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Column sums of the per-program partials (2, n_parts, n_cols) fp32: slab 0 -> OUT_A,
-    slab 1 -> OUT_B (grid axis 1), cast to the parameter's dtype. One launch for dW and dB."""
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    slab = tl.program_id(1)
-    base = PART + slab.to(tl.int64) * n_parts * n_cols
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for p in range(0, n_parts, BLOCK_P):
-        parts = p + tl.arange(0, BLOCK_P)
-        m = (parts < n_parts)[:, None] & (cols < n_cols)[None, :]
-        acc += tl.sum(tl.load(base + parts[:, None] * n_cols + cols[None, :], mask=m, other=0.0), axis=0)
-    if slab == 0:
-        tl.store(OUT_A + cols, acc.to(OUT_A.dtype.element_ty), mask=cols < n_cols)
-    else:
-        tl.store(OUT_B + cols, acc.to(OUT_B.dtype.element_ty), mask=cols < n_cols)
 
 
 def _bwd_shape(x: torch.Tensor) -> tuple[int, int, int, int]:
@@ -143,32 +141,46 @@ def _partials(x: torch.Tensor, programs: int, slabs: int) -> torch.Tensor:
 
 
 def _param_grads(part: torch.Tensor, params: list, x: torch.Tensor) -> list[torch.Tensor]:
-    """Column sums of the partials for each present param (in its dtype); empty for absent ones."""
-    outs = [p.new_empty(p.shape) if p is not None else x.new_empty(0) for p in params]
-    present = [o for o, p in zip(outs, params) if p is not None]
-    if present:
-        h, block_n = x.shape[1], SUM_BLOCK_N
-        # the outputs must not alias: a traced launch gives each written argument its own copy
-        out_b = present[1] if len(present) == 2 else _dummy(x)
-        launchable(_sum_parts_kernel)[(triton.cdiv(h, block_n), len(present))](
-            part, present[0], out_b, part.shape[1], h, BLOCK_P=SUM_BLOCK_P, BLOCK_N=block_n, num_warps=SUM_WARPS)
-    return outs
+    """Column sums of the partials for each present param (in its dtype); empty for absent ones.
+
+    torch's sum, as Liger-Kernel's norms do: on the H200 a second Triton launch here cost about
+    300 us of host time per backward on the autograd engine's thread (256x4096: 593 us a
+    fwd+bwd call with it, 299 us with torch's sum; the same launch costs 14 us on the main thread)."""
+    sums = iter(part.sum(1))
+    return [next(sums).to(p.dtype) if p is not None else x.new_empty(0) for p in params]
 
 
 def _dummy(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty(1)
 
 
+def _or_dummy(t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return t if t is not None else _dummy(x)
+
+
 def rms_norm_fwd(x, weight, eps):
     if not fits("rms_norm", x.shape[1]):
         return norms.rms_norm_fwd(x, weight, eps)
+    return _rms_fwd(x, None, weight, eps)[1:]
+
+
+def add_rms_norm_fwd(x, residual, weight, eps):
+    if not fits("rms_norm", x.shape[1]):
+        return norms.add_rms_norm_fwd(x, residual, weight, eps)
+    return _rms_fwd(x, residual, weight, eps)
+
+
+def _rms_fwd(x, residual, weight, eps):
+    """-> s (x + residual; a 1-element dummy without residual), y, rstd."""
     n, h = x.shape
     y = torch.empty_like(x)
+    s = torch.empty_like(x) if residual is not None else _dummy(x)
     rstd = x.new_empty(n, dtype=torch.float32)
     block, warps = row_settings(h)
-    w = weight if weight is not None else _dummy(x)
-    launchable(_rms_fwd_kernel)[(n,)](x, y, w, rstd, h, eps, HAS_W=weight is not None, BLOCK=block, num_warps=warps)
-    return y, rstd
+    launchable(_rms_fwd_kernel)[(n,)](x, _or_dummy(residual, x), s, y, _or_dummy(weight, x), rstd, h, eps,
+                                      HAS_RES=residual is not None, HAS_W=weight is not None, BLOCK=block,
+                                      num_warps=warps)
+    return s, y, rstd
 
 
 def rms_norm_bwd(dy, x, weight, rstd):
@@ -177,19 +189,36 @@ def rms_norm_bwd(dy, x, weight, rstd):
     return _norm_bwd(dy, x, weight, None, rstd, rstd)[:2]
 
 
+def rms_norm_bwd_add(dy, x, weight, rstd, dres):
+    if not fits("rms_norm", x.shape[1]):
+        return norms.rms_norm_bwd_add(dy, x, weight, rstd, dres)
+    return _norm_bwd(dy, x, weight, None, rstd, rstd, dres=dres)[:2]
+
+
 def layer_norm_fwd(x, weight, bias, eps):
     if not fits("layer_norm", x.shape[1]):
         return norms.layer_norm_fwd(x, weight, bias, eps)
+    return _ln_fwd(x, None, weight, bias, eps)[1:]
+
+
+def add_layer_norm_fwd(x, residual, weight, bias, eps):
+    if not fits("layer_norm", x.shape[1]):
+        return norms.add_layer_norm_fwd(x, residual, weight, bias, eps)
+    return _ln_fwd(x, residual, weight, bias, eps)
+
+
+def _ln_fwd(x, residual, weight, bias, eps):
+    """-> s (x + residual; a 1-element dummy without residual), y, mean, rstd."""
     n, h = x.shape
     y = torch.empty_like(x)
+    s = torch.empty_like(x) if residual is not None else _dummy(x)
     mean = x.new_empty(n, dtype=torch.float32)
     rstd = x.new_empty(n, dtype=torch.float32)
     block, warps = row_settings(h)
-    w = weight if weight is not None else _dummy(x)
-    b = bias if bias is not None else _dummy(x)
-    launchable(_ln_fwd_kernel)[(n,)](x, y, w, b, mean, rstd, h, eps, HAS_W=weight is not None,
+    launchable(_ln_fwd_kernel)[(n,)](x, _or_dummy(residual, x), s, y, _or_dummy(weight, x), _or_dummy(bias, x),
+                                     mean, rstd, h, eps, HAS_RES=residual is not None, HAS_W=weight is not None,
                                      HAS_B=bias is not None, BLOCK=block, num_warps=warps)
-    return y, mean, rstd
+    return s, y, mean, rstd
 
 
 def layer_norm_bwd(dy, x, weight, bias, mean, rstd):
@@ -198,14 +227,20 @@ def layer_norm_bwd(dy, x, weight, bias, mean, rstd):
     return _norm_bwd(dy, x, weight, bias, mean, rstd, centered=True)
 
 
-def _norm_bwd(dy, x, weight, bias, mean, rstd, centered=False):
-    """-> dx, dw, db (empty when weight/bias is None); `mean` is unread when not centered."""
+def layer_norm_bwd_add(dy, x, weight, bias, mean, rstd, dres):
+    if not fits("layer_norm", x.shape[1]):
+        return norms.layer_norm_bwd_add(dy, x, weight, bias, mean, rstd, dres)
+    return _norm_bwd(dy, x, weight, bias, mean, rstd, centered=True, dres=dres)
+
+
+def _norm_bwd(dy, x, weight, bias, mean, rstd, centered=False, dres=None):
+    """-> dx (+ dres), dw, db (empty when weight/bias is None); `mean` is unread when not centered."""
     n, h = x.shape
     dx = torch.empty_like(x)
     programs, per, block, warps = _bwd_shape(x)
     part = _partials(x, programs, int(weight is not None) + int(bias is not None))
-    w = weight if weight is not None else _dummy(x)
-    launchable(_norm_bwd_kernel)[(programs,)](dy, x, w, mean, rstd, dx, part, n, h, per, CENTERED=centered,
+    launchable(_norm_bwd_kernel)[(programs,)](dy, x, _or_dummy(weight, x), mean, rstd, _or_dummy(dres, x), dx, part,
+                                              n, h, per, CENTERED=centered, HAS_DRES=dres is not None,
                                               HAS_W=weight is not None, HAS_B=bias is not None,
                                               BLOCK=block, num_warps=warps)
     return (dx, *_param_grads(part, [weight, bias], x))

@@ -16,7 +16,11 @@ def _cases(dev):
     cos, sin = ops.rotary_tables(5, 8, device=dev)
     return {
         "rms_norm": (lambda a, c: ops.rms_norm(a, c), [x, w], ["_rms_fwd_kernel", "_norm_bwd_kernel"]),
-        "layer_norm": (lambda a, c, d: ops.layer_norm(a, c, d), [x, w, b], ["_ln_fwd_kernel", "_sum_parts_kernel"]),
+        "layer_norm": (lambda a, c, d: ops.layer_norm(a, c, d), [x, w, b], ["_ln_fwd_kernel", "_norm_bwd_kernel"]),
+        "add_rms_norm": (lambda a, r, c: torch.cat(ops.add_rms_norm(a, r, c)), [x, torch.randn_like(x), w],
+                         ["_rms_fwd_kernel", "_norm_bwd_kernel"]),
+        "add_layer_norm": (lambda a, r, c, d: torch.cat(ops.add_layer_norm(a, r, c, d)), [x, torch.randn_like(x), w, b],
+                           ["_ln_fwd_kernel", "_norm_bwd_kernel"]),
         "bias_gelu": (ops.bias_gelu, [x, b], ["_bias_gelu_fwd_kernel", "_bias_gelu_bwd_kernel"]),
         "swiglu": (ops.swiglu, [x], ["_swiglu_fwd_kernel", "_swiglu_bwd_kernel"]),
         "rotary": (lambda q: ops.rotary(q, cos, sin), [torch.randn(2, 3, 5, 8, device=dev)], ["_rotary_kernel"]),

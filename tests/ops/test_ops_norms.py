@@ -58,11 +58,13 @@ def test_norms_compute_in_fp32_and_round_once(dtype, close, seeded):
 def test_norm_custom_ops_pass_opcheck(seeded):
     x = torch.randn(3, 4, 16, requires_grad=True)
     w, b = torch.randn(16, requires_grad=True), torch.randn(16, requires_grad=True)
-    torch.library.opcheck(torch.ops.portkit.rms_norm.default, (x, w, 1e-6))
-    torch.library.opcheck(torch.ops.portkit.rms_norm.default, (x, None, 1e-6))
-    torch.library.opcheck(torch.ops.portkit.layer_norm.default, (x, w, b, 1e-5))
-    y, rstd = torch.ops.portkit.rms_norm(x.detach(), w.detach(), 1e-6)
-    torch.library.opcheck(torch.ops.portkit.rms_norm_backward.default, (torch.randn_like(y), x.detach(), w.detach(), rstd))
+    torch.library.opcheck(torch.ops.portkit.rms_norm.default, (x, w, 1e-6, None))
+    torch.library.opcheck(torch.ops.portkit.rms_norm.default, (x, None, 1e-6, None))
+    torch.library.opcheck(torch.ops.portkit.layer_norm.default, (x, w, b, 1e-5, None))
+    y, rstd, _ = torch.ops.portkit.rms_norm(x.detach(), w.detach(), 1e-6, None)
+    dy = torch.randn_like(y)
+    torch.library.opcheck(torch.ops.portkit.rms_norm_backward.default, (dy, x.detach(), w.detach(), rstd, None))
+    torch.library.opcheck(torch.ops.portkit.rms_norm_backward.default, (dy, x.detach(), w.detach(), rstd, dy))
 
 
 def test_norm_weight_of_wrong_size_is_an_error_that_names_both():
@@ -145,3 +147,78 @@ def test_norms_dispatch_to_triton_and_match_reference_mode_gpu(gpu, close, seede
         registry.set_mode(None)
     for name, a, c in zip(("y", "dx", "dw", "db"), fused, ref):
         close(a, c, torch.bfloat16, name, scale=4)
+
+
+# -- the residual add fused into the norm ---------------------------------------------------------
+@pytest.mark.parametrize("kind", ["rms", "ln"])
+@pytest.mark.parametrize("s_used", [True, False])
+def test_add_norm_equals_the_add_then_the_norm(kind, s_used, close, seeded):
+    """Forward and every gradient of (s, norm(s)), s = x + r, against the two ops unfused;
+    with s_used=False only the norm's output reaches the loss (the last block before ln_f)."""
+    x, w, b, dy = _data((10, 96), torch.float32, "cpu", True)
+    r, ds = torch.randn_like(x), torch.randn_like(x)
+    norm = (lambda s, w, b: ops.rms_norm(s, w)) if kind == "rms" else (lambda s, w, b: ops.layer_norm(s, w, b))
+    fused = (lambda x, r, w, b: ops.add_rms_norm(x, r, w)) if kind == "rms" else ops.add_layer_norm
+
+    def unfused(x, r, w, b):
+        s = x + r
+        return s, norm(s, w, b)
+
+    results = []
+    for fn in (fused, unfused):
+        leaves = [t.detach().requires_grad_() for t in (x, r, w, b)]
+        s, y = fn(*leaves)
+        loss = (y * dy).sum() + ((s * ds).sum() if s_used else 0)
+        grads = torch.autograd.grad(loss, leaves[:3] if kind == "rms" else leaves)
+        results.append((s, y, *grads))
+    for name, a, c in zip(("s", "y", "dx", "dr", "dw", "db"), *results):
+        close(a, c, torch.float32, name)
+
+
+def test_add_norm_custom_ops_pass_opcheck(seeded):
+    x, r = torch.randn(3, 4, 16, requires_grad=True), torch.randn(3, 4, 16, requires_grad=True)
+    w, b = torch.randn(16, requires_grad=True), torch.randn(16, requires_grad=True)
+    torch.library.opcheck(torch.ops.portkit.rms_norm.default, (x, w, 1e-6, r))
+    torch.library.opcheck(torch.ops.portkit.layer_norm.default, (x, w, b, 1e-5, r))
+
+
+def test_add_norm_residual_of_another_shape_is_an_error():
+    with pytest.raises(ValueError, match=r"add_layer_norm: residual is torch.float32 \(2, 8\), expected"):
+        ops.add_layer_norm(torch.randn(2, 16), torch.randn(2, 8))
+
+
+def _check_add(dev, shape, dtype, affine, close, kind):
+    """The fused kernels (add_*_norm_fwd, *_norm_bwd_add) against the references: s against
+    x + r, the norm's outputs against the reference norm of the s the kernel stored."""
+    from portkit.ops import norms_triton as nt
+    x, w, b, dy = _data(shape, dtype, dev, affine)
+    r, dres = torch.randn_like(x), torch.randn_like(x)
+    params = (w,) if kind == "rms" else (w, b)
+    eps = 1e-6 if kind == "rms" else 1e-5
+    name = "rms_norm" if kind == "rms" else "layer_norm"
+    s, *got = getattr(nt, f"add_{name}_fwd")(x, r, *params, eps)
+    close(s, x + r, dtype, "s")
+    if x.is_cuda:  # round to nearest even, as torch's add (Triton's interpreter truncates bf16)
+        assert torch.equal(s, x + r), "s = x + r must be rounded as the unfused add rounds it"
+    ref = getattr(norms, f"{name}_fwd")(s, *params, eps)
+    for what, a, c in zip(("y", "stat", "stat"), got, ref):
+        close(a, c, dtype if what == "y" else torch.float32, what, scale=10)
+    args = (dy, s, *params, *ref[1:], dres)
+    for what, a, c in zip(("dx", "dw", "db"), getattr(nt, f"{name}_bwd_add")(*args),
+                          getattr(norms, f"{name}_bwd_add")(*args)):
+        close(a, c, dtype, what, scale=4)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("kind", ["rms", "ln"])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_add_norm_kernels_match_reference(kdev, close, dtype, affine, kind, seeded):
+    _check_add(kdev, (37, 129), dtype, affine, close, kind)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GRID)
+def test_add_norm_kernels_grid_gpu(gpu, close, shape, seeded):
+    for kind in ("rms", "ln"):
+        _check_add(gpu, shape, torch.bfloat16, True, close, kind)
