@@ -33,7 +33,9 @@ if has deepspeed; then
     launched "DeepSpeed ZeRO-$stage (1 GPU)" ds_train.py --deepspeed_config $S/ds_config_zero$stage.json
   done
 else skipped deepspeed; fi
-if has colossalai; then launched "Colossal-AI Booster TorchDDPPlugin (1 GPU)" colo_train.py --plugin torch_ddp
+if has colossalai; then
+  launched "Colossal-AI Booster TorchDDPPlugin (1 GPU)" colo_train.py --plugin torch_ddp
+  launched "Colossal-AI Booster LowLevelZeroPlugin (1 GPU)" colo_train.py --plugin low_level_zero
 else skipped colossalai; fi
 if has megatron.core; then launched "Megatron-core GPT TP=1 PP=1 (1 GPU)" mcore_gpt.py --tp 1 --pp 1
 else skipped megatron.core; fi
