@@ -72,7 +72,7 @@ class Decoder:
         for block, cache in zip(m.h, self.caches):
             cache.pos = self.pos
             x, delta = block(x, rope, mask, cache, delta)
-        return m.logits(m.ln_f.add(x, delta)[1][:, -1])
+        return m.logits(m.ln_f(x, delta)[1][:, -1])
 
 
 def graph_api():

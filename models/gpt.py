@@ -59,15 +59,13 @@ class Norm(nn.Module):
         self.weight = nn.Parameter(torch.ones(cfg.n_embd))
         self.bias = nn.Parameter(torch.zeros(cfg.n_embd)) if cfg.bias and cfg.norm == "layernorm" else None
 
-    def forward(self, x):
-        if self.kind == "rmsnorm":
-            return ops.rms_norm(x, self.weight, self.eps)
-        return ops.layer_norm(x, self.weight, self.bias, self.eps)
-
-    def add(self, x, delta):
-        """(x + delta, the norm of it) in one fused op; (x, the norm of x) when delta is None."""
+    def forward(self, x, delta=None):
+        """(x + delta, its norm) in one fused op; (x, the norm of x) when delta is None. A call
+        of the module, so hooks on it run (DeepSpeed ZeRO-3 gathers the weights in one)."""
         if delta is None:
-            return x, self(x)
+            if self.kind == "rmsnorm":
+                return x, ops.rms_norm(x, self.weight, self.eps)
+            return x, ops.layer_norm(x, self.weight, self.bias, self.eps)
         if self.kind == "rmsnorm":
             return ops.add_rms_norm(x, delta, self.weight, self.eps)
         return ops.add_layer_norm(x, delta, self.weight, self.bias, self.eps)
@@ -140,8 +138,8 @@ class Block(nn.Module):
         after it: `delta` is the previous block's MLP output, still to be added to the stream
         x; returns the stream and this block's MLP output, to be added by the next norm
         (the next block's ln_1, or ln_f)."""
-        x, h = self.ln_1.add(x, delta)
-        x, h = self.ln_2.add(x, self.drop(self.attn(h, rope, mask, cache)))
+        x, h = self.ln_1(x, delta)
+        x, h = self.ln_2(x, self.drop(self.attn(h, rope, mask, cache)))
         return x, self.mlp(h)
 
 
@@ -192,7 +190,7 @@ class GPT(nn.Module):
         x, delta = self.drop(x), None
         for i, block in enumerate(self.h):
             x, delta = block(x, rope, mask, None if cache is None else cache[i], delta)
-        return self.ln_f.add(x, delta)[1]
+        return self.ln_f(x, delta)[1]
 
     def forward(self, idx, targets=None, valid=None, reduction="mean", cache=None, start=0, temperature=1.0,
                 top_k=0):
