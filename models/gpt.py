@@ -62,10 +62,6 @@ class Norm(nn.Module):
     def forward(self, x, delta=None):
         """(x + delta, its norm) in one fused op; (x, the norm of x) when delta is None. A call
         of the module, so hooks on it run (DeepSpeed ZeRO-3 gathers the weights in one)."""
-        if delta is None:
-            if self.kind == "rmsnorm":
-                return x, ops.rms_norm(x, self.weight, self.eps)
-            return x, ops.layer_norm(x, self.weight, self.bias, self.eps)
         if self.kind == "rmsnorm":
             return ops.add_rms_norm(x, delta, self.weight, self.eps)
         return ops.add_layer_norm(x, delta, self.weight, self.bias, self.eps)

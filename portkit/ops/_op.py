@@ -41,8 +41,8 @@ def check_vector(name: str, v: Tensor | None, size: int, op: str) -> None:
                          f"to match the last dimension of x")
 
 
-def check_residual(x: Tensor, residual: Tensor, op: str) -> None:
-    if residual.shape != x.shape or residual.dtype != x.dtype:
+def check_residual(x: Tensor, residual: Tensor | None, op: str) -> None:
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype):
         raise ValueError(f"{op}: residual is {residual.dtype} {tuple(residual.shape)}, expected "
                          f"{x.dtype} {tuple(x.shape)} like x")
 

@@ -171,14 +171,14 @@ def rms_norm(x: Tensor, weight: Optional[Tensor] = None, eps: float = 1e-6) -> T
     return _rms_norm_fn(x, weight, eps, None)[0]
 
 
-def add_rms_norm(x: Tensor, residual: Tensor, weight: Optional[Tensor] = None,
+def add_rms_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor] = None,
                  eps: float = 1e-6) -> tuple[Tensor, Tensor]:
     """(s, rms_norm(s, weight, eps)) with s = x + residual in x.dtype: a pre-norm block's
-    residual add and the next norm in one kernel, forward and backward."""
+    residual add and the next norm in one kernel, forward and backward. residual None: (x, rms_norm(x))."""
     check_vector("weight", weight, x.shape[-1], "add_rms_norm")
     check_residual(x, residual, "add_rms_norm")
     y, _, s = _rms_norm_fn(x, weight, eps, residual)
-    return s, y
+    return (s if residual is not None else x), y
 
 
 # -- LayerNorm custom op ------------------------------------------------------------------
@@ -240,11 +240,12 @@ def layer_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor
     return _layer_norm_fn(x, weight, bias, eps, None)[0]
 
 
-def add_layer_norm(x: Tensor, residual: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
-                   eps: float = 1e-5) -> tuple[Tensor, Tensor]:
-    """(s, layer_norm(s, weight, bias, eps)) with s = x + residual in x.dtype, fused as add_rms_norm."""
+def add_layer_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor] = None,
+                   bias: Optional[Tensor] = None, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """(s, layer_norm(s, weight, bias, eps)) with s = x + residual in x.dtype, fused as
+    add_rms_norm; residual None: (x, layer_norm(x))."""
     check_vector("weight", weight, x.shape[-1], "add_layer_norm")
     check_vector("bias", bias, x.shape[-1], "add_layer_norm")
     check_residual(x, residual, "add_layer_norm")
     y, _, _, s = _layer_norm_fn(x, weight, bias, eps, residual)
-    return s, y
+    return (s if residual is not None else x), y

@@ -182,6 +182,14 @@ def test_add_norm_custom_ops_pass_opcheck(seeded):
     torch.library.opcheck(torch.ops.portkit.layer_norm.default, (x, w, b, 1e-5, r))
 
 
+def test_add_norm_without_residual_is_the_plain_norm(seeded):
+    x, w, b, _ = _data((10, 96), torch.float32, "cpu", True)
+    s, y = ops.add_layer_norm(x, None, w, b)
+    assert s is x and torch.equal(y, ops.layer_norm(x, w, b))
+    s, y = ops.add_rms_norm(x, None, w)
+    assert s is x and torch.equal(y, ops.rms_norm(x, w))
+
+
 def test_add_norm_residual_of_another_shape_is_an_error():
     with pytest.raises(ValueError, match=r"add_layer_norm: residual is torch.float32 \(2, 8\), expected"):
         ops.add_layer_norm(torch.randn(2, 16), torch.randn(2, 8))
