@@ -203,8 +203,8 @@ class GPT(nn.Module):
             logits = _keep_top_k(self.logits(h) / temperature, top_k)  # (B, T, V)
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction)
         else:  # logits / temperature = (h / temperature) @ wte^T: the fused loss never builds them
-            loss = ops.linear_cross_entropy(h.flatten(0, 1) / temperature, self.wte.weight, targets.flatten(),
-                                            reduction=reduction)
+            h = h.flatten(0, 1) if temperature == 1.0 else h.flatten(0, 1) / temperature
+            loss = ops.linear_cross_entropy(h, self.wte.weight, targets.flatten(), reduction=reduction)
         return loss.view(targets.shape) if reduction == "none" else loss
 
     def logits(self, h):  # (..., C) -> (..., V)

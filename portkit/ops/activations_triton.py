@@ -1,9 +1,10 @@
 """Triton kernels for bias+GeLU and packed SwiGLU (CUDA and ROCm) and their host launchers.
 
-Elementwise kernels over the flattened tensor; the bias gradient of bias_gelu is summed per
-program over a run of row tiles (in a tile-shaped accumulator, reduced across rows once at the
-end: a reduction per tile cost a block-wide barrier each step) and the partials reduced in a
-second pass.
+SwiGLU: elementwise kernels over the flattened tensor. bias_gelu: (rows, cols) tiles, so the
+bias is loaded once per tile; its gradient is summed per program over a run of row tiles (in
+a tile-shaped accumulator, reduced across rows once at the end: a reduction per tile cost a
+block-wide barrier each step) and the partials are summed by torch. GeLU is computed as
+z * sigmoid(2u), one exp and one division, which is (1 + tanh(u)) z / 2.
 The launchers take the same arguments as the references in portkit.ops.activations.
 """
 from __future__ import annotations
@@ -17,7 +18,10 @@ from portkit.ops._triton_utils import sm_count
 
 BLOCK = 4096         # elements per program of the elementwise kernels
 WARPS = 8
-TILE = 4096          # elements per row tile of the bias-gradient kernel
+# bias_gelu tiles (elements, widest): an H200 sweep at 16384 rows of 3072 to 8192 (bf16); the
+# backward's narrow tiles on more programs beat 4096-element ones by 10-20%
+FWD_TILE, FWD_COLS = 4096, 1024
+BWD_TILE, BWD_COLS = 1024, 512
 PROGRAMS_PER_SM = 8
 
 @triton.jit
@@ -35,14 +39,26 @@ def _sigmoid(g):
 
 
 @triton.jit
-def _bias_gelu_fwd_kernel(X, B, Y, numel, n_cols, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    z = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+def _gelu_s(z):
+    # sigmoid(2u) = (1 + tanh(u)) / 2 with u = sqrt(2/pi) (z + 0.044715 z^3): gelu_tanh(z) = z * s.
+    # exp(-2u) overflows to inf for very negative z, and s is then 0 as it should be
+    return 1.0 / (1.0 + tl.exp(-1.5957691216057308 * z * (1.0 + 0.044715 * z * z)))
+
+
+@triton.jit
+def _bias_gelu_fwd_kernel(X, B, Y, n_rows, n_cols, HAS_B: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
+    # a (ROWS, COLS) tile per program: the bias is loaded once per tile, no per-element modulo,
+    # and the offsets inside the tile are 32-bit (the row base is the only 64-bit product)
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * COLS + tl.arange(0, COLS)
+    cmask = cols < n_cols
+    mask = (rows < n_rows)[:, None] & cmask[None, :]
+    base = (tl.program_id(0) * ROWS).to(tl.int64) * n_cols
+    tile = tl.arange(0, ROWS)[:, None] * n_cols + cols[None, :]
+    z = tl.load(X + base + tile, mask=mask, other=0.0).to(tl.float32)
     if HAS_B:
-        z += tl.load(B + offs % n_cols, mask=mask, other=0.0).to(tl.float32)
-    y = 0.5 * z * (1.0 + _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z)))  # sqrt(2/pi)
-    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+        z += tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + base + tile, (z * _gelu_s(z)).to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -56,17 +72,17 @@ def _bias_gelu_bwd_kernel(DY, X, B, DX, DB_PART, n_rows, n_cols, rows_per_prog,
     acc = tl.zeros([ROWS, COLS], dtype=tl.float32)  # summed over rows once, after the loop
     first = pid_r.to(tl.int64) * rows_per_prog
     last = tl.minimum(first + rows_per_prog, n_rows)
+    tile = tl.arange(0, ROWS)[:, None] * n_cols + cols[None, :]
     for r0 in range(first, last, ROWS):
-        rows = r0 + tl.arange(0, ROWS)
-        mask = (rows < last)[:, None] & cmask[None, :]
-        off = rows[:, None] * n_cols + cols[None, :]
-        z = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
+        base = r0 * n_cols
+        mask = ((r0 + tl.arange(0, ROWS)) < last)[:, None] & cmask[None, :]
+        z = tl.load(X + base + tile, mask=mask, other=0.0).to(tl.float32)
         if HAS_B:
             z += b[None, :]
-        t = _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z))
-        dgelu = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 0.134145 * z * z)
-        dz = tl.load(DY + off, mask=mask, other=0.0).to(tl.float32) * dgelu
-        tl.store(DX + off, dz.to(DX.dtype.element_ty), mask=mask)
+        s = _gelu_s(z)  # d/dz z*s = s + z * s(1-s) * 2 sqrt(2/pi) (1 + 3 * 0.044715 z^2)
+        dgelu = s + z * s * (1.0 - s) * 1.5957691216057308 * (1.0 + 0.134145 * z * z)
+        dz = tl.load(DY + base + tile, mask=mask, other=0.0).to(tl.float32) * dgelu
+        tl.store(DX + base + tile, dz.to(DX.dtype.element_ty), mask=mask)
         if HAS_B:
             acc += tl.where(mask, dz, 0.0)
     if HAS_B:
@@ -102,17 +118,18 @@ def _swiglu_bwd_kernel(DY, X, DX, numel, n_cols, BLOCK: tl.constexpr):
 
 
 def bias_gelu_fwd(x, bias):
+    n, h = x.shape
     y = torch.empty_like(x)
-    b = bias if bias is not None else x.new_empty(1)
-    grid = (triton.cdiv(x.numel(), BLOCK),)
-    launchable(_bias_gelu_fwd_kernel)[grid](x, b, y, x.numel(), x.shape[1], HAS_B=bias is not None,
-                                            BLOCK=BLOCK, num_warps=WARPS)
+    rows, cols = _tile(h, FWD_TILE, FWD_COLS)
+    launchable(_bias_gelu_fwd_kernel)[(triton.cdiv(n, rows), triton.cdiv(h, cols))](
+        x, bias if bias is not None else x, y, n, h, HAS_B=bias is not None, ROWS=rows, COLS=cols, num_warps=WARPS)
     return y
 
 
-def _tile(n_cols: int) -> tuple[int, int]:
-    cols = min(triton.next_power_of_2(n_cols), 1024)
-    return max(1, TILE // cols), cols
+def _tile(n_cols: int, elems: int, widest: int) -> tuple[int, int]:
+    """(rows, cols) of a tile of about `elems` elements, at most `widest` columns wide."""
+    cols = min(triton.next_power_of_2(n_cols), widest)
+    return max(1, elems // cols), cols
 
 
 def _row_programs(x: torch.Tensor, rows: int, col_blocks: int) -> tuple[int, int]:
@@ -127,12 +144,12 @@ def _row_programs(x: torch.Tensor, rows: int, col_blocks: int) -> tuple[int, int
 def bias_gelu_bwd(dy, x, bias):
     n, h = x.shape
     dx = torch.empty_like(x)
-    rows, cols = _tile(h)
+    rows, cols = _tile(h, BWD_TILE, BWD_COLS)
     col_blocks = triton.cdiv(h, cols)
     programs, per = _row_programs(x, rows, col_blocks)
     has_b = bias is not None
     db_part = x.new_empty((programs, h) if has_b else (0,), dtype=torch.float32)
-    b = bias if has_b else x.new_empty(1)
+    b = bias if has_b else x  # unread without a bias
     launchable(_bias_gelu_bwd_kernel)[(programs, col_blocks)](dy, x, b, dx, db_part, n, h, per, HAS_B=has_b,
                                                               ROWS=rows, COLS=cols, num_warps=WARPS)
     db = db_part.sum(0).to(bias.dtype) if has_b else x.new_empty(0)

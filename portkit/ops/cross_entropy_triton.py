@@ -12,9 +12,11 @@ import triton.language as tl
 
 from portkit.ops import cross_entropy
 from portkit.ops._op import launchable
-from portkit.ops._triton_utils import is_hip
 
-BLOCK_V = 4096  # vocabulary slice per loop step
+# vocabulary slice per loop step and warps per row: an H200 sweep over chunks of 256-1024 rows at
+# vocabularies of 50k and 128k (bf16) put 8192 x 16 warps within 5% of the best everywhere; the
+# earlier 4096 x 32 warps kept too few bytes in flight and took 1.2-1.5x as long
+BLOCK_V, WARPS = 8192, 16
 
 
 @triton.jit
@@ -56,7 +58,7 @@ def cross_entropy_chunk(logits, target, ignore_index, grad_scale):
     block = min(BLOCK_V, triton.next_power_of_2(v))
     launchable(_ce_kernel)[(c,)](logits, target, loss, scale, v, logits.stride(0), ignore_index,
                                  HAS_GRAD=has_grad, ROW_SCALE=has_grad and scale.dim() == 1, BLOCK=block,
-                                 num_warps=16 if is_hip() else 32)
+                                 num_warps=WARPS)
     return loss
 
 
