@@ -25,14 +25,6 @@ BWD_TILE, BWD_COLS = 1024, 512
 PROGRAMS_PER_SM = 8
 
 @triton.jit
-def _tanh(u):
-    # portable tanh (no vendor libdevice), from exp(-2|u|) so it never overflows
-    e = tl.exp(-2.0 * tl.abs(u))
-    t = (1.0 - e) / (1.0 + e)
-    return tl.where(u >= 0, t, -t)
-
-
-@triton.jit
 def _sigmoid(g):
     e = tl.exp(-tl.abs(g))  # never overflows
     return tl.where(g >= 0, 1.0 / (1.0 + e), e / (1.0 + e))

@@ -76,6 +76,21 @@ def test_bias_gelu_kernel_matches_reference(kdev, close, dtype, shape, with_bias
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bias_gelu_kernel_is_finite_and_exact_at_extreme_inputs(kdev, close, dtype):
+    """GeLU as z * sigmoid(2u): exp(-2u) overflows to inf far below zero, which must give 0 (not
+    nan), and far above zero the value and the slope must be z and 1, as the reference's."""
+    from portkit.ops import activations_triton as T
+    z = torch.tensor([-1e4, -300.0, -60.0, -12.0, -1e-6, 0.0, 1e-6, 12.0, 60.0, 300.0, 1e4] * 3, device=kdev)
+    x, dy = z.view(3, 11).to(dtype), torch.ones(3, 11, device=kdev, dtype=dtype)
+    y, (dx, _) = T.bias_gelu_fwd(x, None), T.bias_gelu_bwd(dy, x, None)
+    assert torch.isfinite(y).all() and torch.isfinite(dx).all()
+    close(y, A.bias_gelu_fwd(x, None), dtype, "y")
+    close(dx, A.bias_gelu_bwd(dy, x, None)[0], dtype, "dx")
+    assert (y[:, :3] == 0).all() and (dx[:, :3] == 0).all() and (dx[:, -3:] == 1).all()
+
+
+@pytest.mark.triton
 @pytest.mark.parametrize("shape", SMALL)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_swiglu_kernel_matches_reference(kdev, close, dtype, shape, seeded):
