@@ -79,6 +79,15 @@ def sm_count(device: torch.device) -> int:
     return _sm_count(device.index or 0)
 
 
+def dummy(x: torch.Tensor) -> torch.Tensor:
+    """A 1-element stand-in for a pointer argument the kernel never touches (its flag is off)."""
+    return x.new_empty(1)
+
+
+def or_dummy(t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return t if t is not None else dummy(x)
+
+
 _warned: set[str] = set()
 
 

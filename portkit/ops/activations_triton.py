@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from portkit.ops._op import launchable
-from portkit.ops._triton_utils import sm_count
+from portkit.ops._triton_utils import or_dummy, sm_count
 
 BLOCK = 4096         # elements per program of the elementwise kernels
 WARPS = 8
@@ -114,7 +114,7 @@ def bias_gelu_fwd(x, bias):
     y = torch.empty_like(x)
     rows, cols = _tile(h, FWD_TILE, FWD_COLS)
     launchable(_bias_gelu_fwd_kernel)[(triton.cdiv(n, rows), triton.cdiv(h, cols))](
-        x, bias if bias is not None else x, y, n, h, HAS_B=bias is not None, ROWS=rows, COLS=cols, num_warps=WARPS)
+        x, or_dummy(bias, x), y, n, h, HAS_B=bias is not None, ROWS=rows, COLS=cols, num_warps=WARPS)
     return y
 
 
@@ -141,9 +141,8 @@ def bias_gelu_bwd(dy, x, bias):
     programs, per = _row_programs(x, rows, col_blocks)
     has_b = bias is not None
     db_part = x.new_empty((programs, h) if has_b else (0,), dtype=torch.float32)
-    b = bias if has_b else x  # unread without a bias
-    launchable(_bias_gelu_bwd_kernel)[(programs, col_blocks)](dy, x, b, dx, db_part, n, h, per, HAS_B=has_b,
-                                                              ROWS=rows, COLS=cols, num_warps=WARPS)
+    launchable(_bias_gelu_bwd_kernel)[(programs, col_blocks)](dy, x, or_dummy(bias, x), dx, db_part, n, h, per,
+                                                              HAS_B=has_b, ROWS=rows, COLS=cols, num_warps=WARPS)
     db = db_part.sum(0).to(bias.dtype) if has_b else x.new_empty(0)
     return dx, db
 

@@ -15,7 +15,7 @@ import triton.language as tl
 
 from portkit.ops import norms
 from portkit.ops._op import launchable
-from portkit.ops._triton_utils import fits, is_hip, row_settings, sm_count
+from portkit.ops._triton_utils import dummy, fits, is_hip, or_dummy, row_settings, sm_count
 
 # Backward launch shape from an H100 sweep (bf16, rows of 1024 to 8192): 16 elements of a row
 # per thread and about 16 warps per multiprocessor were the fastest at every width.
@@ -150,14 +150,6 @@ def _param_grads(part: torch.Tensor, params: list, x: torch.Tensor) -> list[torc
     return [next(sums).to(p.dtype) if p is not None else x.new_empty(0) for p in params]
 
 
-def _dummy(x: torch.Tensor) -> torch.Tensor:
-    return x.new_empty(1)
-
-
-def _or_dummy(t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    return t if t is not None else _dummy(x)
-
-
 def rms_norm_fwd(x, weight, eps):
     if not fits("rms_norm", x.shape[1]):
         return norms.rms_norm_fwd(x, weight, eps)
@@ -174,10 +166,10 @@ def _rms_fwd(x, residual, weight, eps):
     """-> s (x + residual; a 1-element dummy without residual), y, rstd."""
     n, h = x.shape
     y = torch.empty_like(x)
-    s = torch.empty_like(x) if residual is not None else _dummy(x)
+    s = torch.empty_like(x) if residual is not None else dummy(x)
     rstd = x.new_empty(n, dtype=torch.float32)
     block, warps = row_settings(h)
-    launchable(_rms_fwd_kernel)[(n,)](x, _or_dummy(residual, x), s, y, _or_dummy(weight, x), rstd, h, eps,
+    launchable(_rms_fwd_kernel)[(n,)](x, or_dummy(residual, x), s, y, or_dummy(weight, x), rstd, h, eps,
                                       HAS_RES=residual is not None, HAS_W=weight is not None, BLOCK=block,
                                       num_warps=warps)
     return s, y, rstd
@@ -211,11 +203,11 @@ def _ln_fwd(x, residual, weight, bias, eps):
     """-> s (x + residual; a 1-element dummy without residual), y, mean, rstd."""
     n, h = x.shape
     y = torch.empty_like(x)
-    s = torch.empty_like(x) if residual is not None else _dummy(x)
+    s = torch.empty_like(x) if residual is not None else dummy(x)
     mean = x.new_empty(n, dtype=torch.float32)
     rstd = x.new_empty(n, dtype=torch.float32)
     block, warps = row_settings(h)
-    launchable(_ln_fwd_kernel)[(n,)](x, _or_dummy(residual, x), s, y, _or_dummy(weight, x), _or_dummy(bias, x),
+    launchable(_ln_fwd_kernel)[(n,)](x, or_dummy(residual, x), s, y, or_dummy(weight, x), or_dummy(bias, x),
                                      mean, rstd, h, eps, HAS_RES=residual is not None, HAS_W=weight is not None,
                                      HAS_B=bias is not None, BLOCK=block, num_warps=warps)
     return s, y, mean, rstd
@@ -239,7 +231,7 @@ def _norm_bwd(dy, x, weight, bias, mean, rstd, centered=False, dres=None):
     dx = torch.empty_like(x)
     programs, per, block, warps = _bwd_shape(x)
     part = _partials(x, programs, int(weight is not None) + int(bias is not None))
-    launchable(_norm_bwd_kernel)[(programs,)](dy, x, _or_dummy(weight, x), mean, rstd, _or_dummy(dres, x), dx, part,
+    launchable(_norm_bwd_kernel)[(programs,)](dy, x, or_dummy(weight, x), mean, rstd, or_dummy(dres, x), dx, part,
                                               n, h, per, CENTERED=centered, HAS_DRES=dres is not None,
                                               HAS_W=weight is not None, HAS_B=bias is not None,
                                               BLOCK=block, num_warps=warps)
