@@ -116,11 +116,19 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
+        if self.kind == "gelu" and self._plain():  # one op: the matmuls can carry bias, GeLU and their gradients
+            return self.drop(ops.gelu_mlp(x, self.c_fc.weight, self.fc_bias, self.c_proj.weight, self.c_proj.bias))
         if self.kind == "gelu":
             h = ops.bias_gelu(self.c_fc(x), self.fc_bias)
         else:
             h = ops.swiglu(self.c_fc(x))
         return self.drop(self.c_proj(h))
+
+    def _plain(self) -> bool:
+        """c_fc and c_proj are plain Linears without hooks (not tensor-parallel, not ZeRO-3's
+        gathered parameters, not adapters), so their weights can be used directly."""
+        return all(type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks)
+                   for m in (self.c_fc, self.c_proj))
 
 
 class Block(nn.Module):

@@ -80,6 +80,17 @@ def _gelu_bwd(s, g):
     return (_t(s, g),) + _gelu_fwd(s, g)
 
 
+def _mlp_fwd(s, g):
+    n, d = s
+    return _t((n, d), g), _t((2 * d, d), g, d ** -0.5), _t((2 * d,), g, 0.1), _t((d, 2 * d), g, (2 * d) ** -0.5), _t((d,), g, 0.1)
+
+
+def _mlp_bwd(s, g):
+    x, w1, b1, w2, b2 = _mlp_fwd(s, g)
+    _, z, h = _ref("gelu_mlp_fwd")(x, w1, b1, w2, b2)
+    return _t((s[0], s[1]), g), x, z, h, w1, b1, w2, b2
+
+
 def _swiglu_fwd(s, g):
     return (_t((s[0], 2 * s[1]), g),)
 
@@ -137,6 +148,7 @@ CASES: dict[str, tuple[Callable, tuple]] = {  # registry op -> (inputs(shape, ge
     "add_rms_norm_fwd": (_add_rms_fwd, ROWS), "add_layer_norm_fwd": (_add_ln_fwd, ROWS),
     "rms_norm_bwd_add": (_rms_bwd_add, ROWS), "layer_norm_bwd_add": (_ln_bwd_add, ROWS),
     "bias_gelu_fwd": (_gelu_fwd, ROWS), "bias_gelu_bwd": (_gelu_bwd, ROWS),
+    "gelu_mlp_fwd": (_mlp_fwd, ROWS), "gelu_mlp_bwd": (_mlp_bwd, ROWS),
     "swiglu_fwd": (_swiglu_fwd, ROWS), "swiglu_bwd": (_swiglu_bwd, ROWS),
     "rotary_fwd": (_rotary_fwd, HEADS), "rotary_bwd": (_rotary_fwd, HEADS),
     "softmax_fwd": (_softmax_fwd, HEADS), "softmax_bwd": (_softmax_bwd, HEADS),

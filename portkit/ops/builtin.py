@@ -66,9 +66,21 @@ def has_torch_kernels(backend) -> bool:
 NATIVE = {"layer_norm_fwd": 5, "layer_norm_bwd": 5, "rms_norm_fwd": 5, "rms_norm_bwd": 5}
 
 
+def runs_cublaslt(backend) -> bool:
+    if backend.device_type != "cuda":
+        return False
+    from portkit.ops import cublaslt  # imports no CUDA library; available() loads it
+    return cublaslt.available()
+
+
+# the GeLU MLP with its bias, GeLU and their gradients inside cuBLASLt's matmul epilogues
+CUBLASLT = {"gelu_mlp_fwd": "lt_fwd", "gelu_mlp_bwd": "lt_bwd"}
+
+
 @hookimpl
 def portkit_register_ops():
     from portkit.ops import OpImpl  # registers the references the implementations attach to
     return ([OpImpl(op, LazyKernel(mod, fn), runs_triton, PRIORITY, NAME) for op, (mod, fn) in TABLE.items()]
             + [OpImpl(op, LazyKernel("norms_native", op), has_torch_kernels, priority, "aten")
-               for op, priority in NATIVE.items()])
+               for op, priority in NATIVE.items()]
+            + [OpImpl(op, LazyKernel("mlp", fn), runs_cublaslt, 20, "cublaslt") for op, fn in CUBLASLT.items()])

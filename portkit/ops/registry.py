@@ -119,6 +119,11 @@ def dispatch(op: str) -> Callable:
     return fn
 
 
+def serves(op: str) -> bool:
+    """Whether an implementation other than the torch reference serves `op` here."""
+    return dispatch(op) is not _references[op]
+
+
 def table(backend: Backend | None = None) -> list[dict]:
     """For `portkit doctor`: each op, its implementations and which one dispatch picks."""
     rows = []

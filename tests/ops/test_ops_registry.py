@@ -100,6 +100,9 @@ def test_the_builtin_triton_plugin_registers_every_op_for_triton_backends(impls)
         builtin = [n for n in rows[op]["implementations"] if not n.startswith("testvendor.")]  # the test plugin's own
         assert builtin == expected + ["reference"], op
         assert rows[op]["selected"] == "reference"  # the CPU backend has no Triton
+    for op in ("gelu_mlp_fwd", "gelu_mlp_bwd"):  # cuBLASLt's epilogues, offered by CUDA builds only
+        assert [n for n in rows[op]["implementations"] if not n.startswith("testvendor.")] == ["cublaslt", "reference"]
+        assert rows[op]["selected"] == "reference"
     impl = impls._impls["rms_norm_fwd"][0]
     assert isinstance(impl.fn, LazyKernel) and impl.priority == 10
     assert impl.predicate(portkit.backend()) is False

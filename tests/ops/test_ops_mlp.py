@@ -1,0 +1,130 @@
+"""The GeLU MLP op: references against autograd of the composition, the served path in eager
+and under torch.compile, the GPT's choice of it, cuBLASLt's operand layouts, and on a GPU the
+cuBLASLt epilogues against the references."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import portkit
+import portkit.ops as ops
+from portkit.ops import cublaslt, mlp, registry
+
+
+def _inputs(n, d, f, bias, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(0)
+    t = [torch.randn(n, d, generator=g), torch.randn(f, d, generator=g) * d ** -0.5,
+         torch.randn(f, generator=g) * 0.5, torch.randn(d, f, generator=g) * f ** -0.5, torch.randn(d, generator=g) * 0.5]
+    t = [x.to(device, dtype) for x in t]
+    if not bias:
+        t[2] = t[4] = None
+    return t, torch.randn(n, d, generator=g).to(device, dtype)
+
+
+def _composition(x, w1, b1, w2, b2):
+    return F.linear(F.gelu(F.linear(x, w1, b1), approximate="tanh"), w2, b2)
+
+
+def _grads(fn, inputs, dy):
+    leaves = [t.detach().requires_grad_() if t is not None else None for t in inputs]
+    y = fn(*leaves)
+    return [y, *torch.autograd.grad(y, [t for t in leaves if t is not None], dy)]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_references_match_autograd_of_the_composition(bias, close):
+    (x, w1, b1, w2, b2), dy = _inputs(37, 24, 56, bias)
+    y, z, h = mlp.gelu_mlp_fwd(x, w1, b1, w2, b2)
+    got = [y, *(g for g in mlp.gelu_mlp_bwd(dy, x, z, h, w1, b1, w2, b2) if g.numel())]
+    want = _grads(_composition, (x, w1, b1, w2, b2), dy)
+    want = [want[0], want[1], want[2], *([want[3]] if bias else []), want[-2 if bias else -1], *([want[-1]] if bias else [])]
+    for name, a, c in zip(("y", "dx", "dw1", "db1", "dw2", "db2") if bias else ("y", "dx", "dw1", "dw2"), got, want):
+        close(a, c, torch.float32, name)
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """gelu_mlp served on the CPU by counting wrappers of the references; their predicate
+    runs a torch op and defines a class, as loading a real implementation's library does."""
+    from portkit import runtime
+    monkeypatch.setattr(runtime, "_active", runtime.backends()["cpu"])
+    registry.choose("gelu_mlp_fwd")
+    monkeypatch.setattr(registry, "_impls", {k: list(v) for k, v in registry._impls.items()})
+    monkeypatch.setattr(registry, "_cache", {})
+    calls = []
+
+    def predicate(backend):
+        class Loaded:  # noqa: F841  (torch.compile cannot trace a class statement)
+            pass
+        return bool(torch.ones(1).sum() > 0) and backend.device_type == "cpu"
+
+    for op, ref in (("gelu_mlp_fwd", mlp.gelu_mlp_fwd), ("gelu_mlp_bwd", mlp.gelu_mlp_bwd)):
+        registry.register(ops.OpImpl(op, lambda *a, op=op, ref=ref: calls.append(op) or ref(*a), predicate, 99, "test"))
+    yield calls
+    registry._cache.clear()
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_served_op_runs_and_differentiates_eager_and_compiled(served, compiled, close):
+    (x, w1, b1, w2, b2), dy = _inputs(16, 8, 32, True, torch.bfloat16)
+    x, dy = x.view(2, 8, 8), dy.view(2, 8, 8)
+    fn = torch.compile(ops.gelu_mlp, backend="aot_eager") if compiled else ops.gelu_mlp
+    got = _grads(fn, (x, w1, b1, w2, b2), dy)
+    assert served == ["gelu_mlp_fwd", "gelu_mlp_bwd"]
+    want = _grads(lambda *a: _composition(*(t.float() for t in a)), (x, w1, b1, w2, b2), dy.float())
+    for name, a, c in zip(("y", "dx", "dw1", "db1", "dw2", "db2"), got, want):
+        close(a.float(), c.float(), torch.bfloat16, name)
+
+
+def test_the_gpt_compiles_its_mlp_op_in_one_graph(served):
+    from portkit.models.gpt import GPT, GPTConfig
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64, norm="layernorm", pos="learned",
+                    mlp="gelu", bias=True)
+    model = GPT(cfg).to(torch.bfloat16)
+    idx = torch.randint(0, 64, (2, 16))
+    explained = torch._dynamo.explain(model)(idx, idx)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert "gelu_mlp_fwd" in served
+
+
+def test_unserved_or_fp32_or_wrapped_linears_take_the_composition(served, close):
+    (x, w1, b1, w2, b2), _ = _inputs(16, 8, 32, True)
+    close(ops.gelu_mlp(x, w1, b1, w2, b2), _composition(x, w1, b1, w2, b2), torch.float32, "fp32")
+    assert served == []  # fp32 is the composition's
+    from portkit.models.gpt import GPTConfig, MLP
+    block = MLP(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=16, mlp="gelu", bias=True))
+    block = block.to(torch.bfloat16)
+    block.c_fc.register_forward_pre_hook(lambda m, a: None)  # as ZeRO-3 and tensor parallelism hook it
+    block(x.bfloat16())
+    assert served == []
+    block.c_fc._forward_pre_hooks.clear()
+    block(x.bfloat16())
+    assert served == ["gelu_mlp_fwd"]
+
+
+def test_cublaslt_operands_are_row_or_column_major():
+    a = torch.empty(6, 16)
+    assert cublaslt.operand(a) == (cublaslt._OP_N, 16, 6, 16)   # a^T stored (16, 6)
+    assert cublaslt.operand(a.t()) == (cublaslt._OP_T, 16, 6, 16)  # a stored (16, 6), used transposed
+    with pytest.raises(cublaslt.Unsupported, match="neither"):
+        cublaslt.operand(a[:, ::2])
+
+
+def test_cublaslt_is_not_offered_without_a_cuda_build(monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert cublaslt.available() is False
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,d,f", [(1024, 256, 1024), (16, 512, 2048), (37, 64, 256), (40, 60, 200)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_cublaslt_epilogues_match_the_references_gpu(gpu, close, n, d, f, bias):
+    if not cublaslt.available():
+        pytest.skip("no cuBLASLt in this torch build")
+    (x, w1, b1, w2, b2), dy = _inputs(n, d, f, bias, torch.bfloat16, gpu)
+    ref, got = mlp.gelu_mlp_fwd(x, w1, b1, w2, b2), mlp.lt_fwd(x, w1, b1, w2, b2)
+    for name, a, c in zip("yzh", got, ref):
+        close(a, c, torch.bfloat16, name)
+    rb, gb = mlp.gelu_mlp_bwd(dy, x, *ref[1:], w1, b1, w2, b2), mlp.lt_bwd(dy, x, *ref[1:], w1, b1, w2, b2)
+    for name, a, c in zip(("dx", "dw1", "db1", "dw2", "db2"), gb, rb):
+        close(a, c, torch.bfloat16, name)
+    portkit.synchronize()
