@@ -1,12 +1,14 @@
 """cuBLASLt matmuls with fused epilogues, called through ctypes on the cuBLASLt torch loaded.
 
-torch exposes cuBLASLt's bias epilogue (addmm) but not the pair a GeLU MLP trains with, the
-pair apex's fused_dense and Transformer Engine use:
+torch exposes cuBLASLt's bias epilogue (addmm) but not the ones a GeLU MLP trains with
+(apex's fused_dense and Transformer Engine use them):
   GELU_AUX_BIAS  h = gelu(x @ W1^T + b1), and z = x @ W1^T + b1 kept for the backward,
                  from one matmul (the unfused path writes z, then reads it to write h);
-  DGELU_BGRAD    dz = (dy @ W2) * gelu'(z) and db1 = sum of dz over rows, from one matmul
-                 (the unfused path writes dh, then reads dh and z to write dz and db1);
-and BGRADB, the bias gradient summed while the weight-gradient matmul reads dy.
+  DGELU          dz = (dy @ W2) * gelu'(z) from one matmul (the unfused path writes dh,
+                 then reads dh and z to write dz);
+  BGRADB         a bias gradient summed while a weight-gradient matmul reads its input;
+  DGELU_BGRAD    DGELU with the bias gradient of dz: on the H200 it took twice DGELU's time,
+                 so portkit.ops.mlp takes b1's gradient with BGRADB instead.
 cuBLASLt's GELU is the tanh approximation, as portkit's bias_gelu. CUDA builds only:
 hipBLASLt has the same epilogues under its own names and is not wired here.
 
@@ -14,8 +16,8 @@ hipBLASLt has the same epilogues under its own names and is not wired here.
 contiguous or the transpose of a contiguous tensor) and returns D = a @ b (M, N): in
 cuBLASLt's column-major terms D^T = b^T a^T, so the epilogue's per-row vectors (bias, bias
 gradient) run along D's last dimension. A plan (descriptors and the fastest of the
-heuristic's candidates, timed on the first call) is built once per shape and kept. Inputs it cannot take raise Unsupported; callers fall
-back to torch.
+heuristic's candidates, timed on the shape's first call) is built once per shape and kept.
+Inputs it cannot take raise Unsupported; callers fall back to torch.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from torch import Tensor
 import portkit
 
 # cublasLtEpilogue_t
-DEFAULT, BIAS, GELU_AUX, GELU_AUX_BIAS, DGELU, DGELU_BGRAD, BGRADB = 1, 4, 160, 164, 192, 208, 512
+DEFAULT, GELU_AUX, GELU_AUX_BIAS, DGELU, DGELU_BGRAD, BGRADB = 1, 160, 164, 192, 208, 512
 # cublasLtMatmulDescAttributes_t, cublasLtMatmulPreferenceAttributes_t, cublasComputeType_t, cudaDataType
 _TRANSA, _TRANSB, _EPILOGUE, _BIAS_POINTER, _AUX_POINTER, _AUX_LD = 3, 4, 7, 8, 11, 12
 _PREF_MAX_WORKSPACE = 1
@@ -197,7 +199,7 @@ _plans: dict[tuple, _Plan] = {}
 
 def matmul(a: Tensor, b: Tensor, epilogue: int = DEFAULT, bias: Optional[Tensor] = None,
            aux: Optional[Tensor] = None) -> Tensor:
-    """D = a @ b (M, N) with `epilogue`; `bias` (N,) is read (BIAS, GELU_AUX_BIAS) or written
+    """D = a @ b (M, N) with `epilogue`; `bias` (N,) is read (GELU_AUX_BIAS) or written
     (DGELU_BGRAD, BGRADB); `aux` (M, N) contiguous is written (GELU_AUX*) or read (DGELU*)."""
     (M, K), N = a.shape, b.shape[1]
     dtype = a.dtype
