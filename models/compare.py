@@ -134,7 +134,7 @@ def main(args) -> int:
         return 2
     result = compare(a, b, args.key, args.tolerance, args.acc_tolerance, args.reward_tolerance)
     if not result["stages"]:
-        print(f"portkit compare: no (stage, step) with the compared metric in both runs", file=sys.stderr)
+        print("portkit compare: no (stage, step) with the compared metric in both runs", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=1) if args.json else table(result, args.run_a, args.run_b))
     return 0 if result["verdict"] == "PASS" else 1

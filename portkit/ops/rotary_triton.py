@@ -6,7 +6,6 @@ sin negated. x may be strided (e.g. a transposed (B, T, nh, hs) view); the last 
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
