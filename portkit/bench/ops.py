@@ -29,7 +29,7 @@ import portkit
 import portkit.ops as ops
 from portkit.ops import registry
 
-OPS = ("rms_norm", "layer_norm", "bias_gelu", "swiglu", "rotary", "softmax", "linear_cross_entropy",
+OPS = ("rms_norm", "layer_norm", "bias_gelu", "gelu_mlp", "swiglu", "rotary", "softmax", "linear_cross_entropy",
        "adamw", "adamw_bf16_master")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -370,6 +370,52 @@ def _lce_side(name: str, fn: Callable[[], Any], cfg: BenchConfig) -> dict:
     return side
 
 
+# -- the GeLU MLP (matmul-bound: TFLOP/s) ---------------------------------------------------
+def _composition(x, w1, b1, w2, b2):
+    return F.linear(F.gelu(F.linear(x, w1, b1), approximate="tanh"), w2, b2)
+
+
+def bench_gelu_mlp(cfg: BenchConfig, copy_gbps: float) -> list[dict]:
+    """ops.gelu_mlp at rows x hidden -> 4 hidden -> hidden beside torch's linear + gelu + linear;
+    `max_rel_error` is the largest normwise difference of the output and the five gradients."""
+    dev, n, d = portkit.device(), cfg.rows, cfg.hidden
+    f = 4 * d
+
+    def weight(rows, cols):
+        return _leaf(torch.randn(rows, cols, device=dev, dtype=cfg.torch_dtype) / math.sqrt(cols))
+    inputs = [_rows(cfg, d), weight(f, d), _leaf(torch.randn(f, device=dev, dtype=cfg.torch_dtype) * 0.1),
+              weight(d, f), _leaf(torch.randn(d, device=dev, dtype=cfg.torch_dtype) * 0.1)]
+    peers = [("F.linear + F.gelu(tanh) + F.linear", _composition)]
+    if cfg.compile:
+        peers.append(("torch.compile(F.linear + F.gelu + F.linear)", torch.compile(_composition)))
+    impl = registry.choose("gelu_mlp_fwd")
+    dy = torch.randn(n, d, device=dev, dtype=cfg.torch_dtype)
+    error = _max_rel_error(*([fn(*inputs), *torch.autograd.grad(fn(*inputs), inputs, dy)]
+                             for fn in (ops.gelu_mlp, _composition)))
+    rows = []
+    for mode, flops, make in (("fwd", 4 * n * d * f, _fwd), ("fwd+bwd", 12 * n * d * f, _fwd_bwd)):
+        extra = [[0, 1, 2, 3, 4]] if mode == "fwd+bwd" else []
+        ours = _flop_side(f"portkit ({impl.name if impl else 'reference'})", make(ops.gelu_mlp, inputs, *extra), flops, cfg)
+        rows += [_row("gelu_mlp", mode, f"{n}x{d} -> {f} -> {d}", None, ours,
+                      _flop_side(name, make(fn, inputs, *extra), flops, cfg), max_rel_error=error)
+                 for name, fn in peers]
+    return rows
+
+
+def _max_rel_error(ours, theirs) -> float:
+    return round(max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
+                     for a, b in zip(ours, theirs)), 5)
+
+
+def _flop_side(name: str, fn: Callable[[], Any], flops: int, cfg: BenchConfig) -> dict:
+    ms = time_ms(fn, cfg)
+    side = {"name": name, "ms": round(ms, 4), "tflops": round(flops / ms / 1e9, 1)}
+    k = kernel_ms(fn, cfg)
+    if k:
+        side["kernel_ms"] = round(k, 4)
+    return side
+
+
 # -- AdamW ----------------------------------------------------------------------------------
 def _param_sizes(total: int, hidden: int) -> list[int]:
     """GPT-like tensors: matrices of 4*hidden^2 elements, each with a (hidden,) vector."""
@@ -437,6 +483,8 @@ def _bench_one(op: str, cfg: BenchConfig, copy_gbps: float) -> list[dict]:
         return bench_pair(PAIRS[op](cfg), cfg, copy_gbps)
     if op == "linear_cross_entropy":
         return bench_linear_cross_entropy(cfg, copy_gbps)
+    if op == "gelu_mlp":
+        return bench_gelu_mlp(cfg, copy_gbps)
     if op == "adamw":
         return bench_adamw(cfg, copy_gbps)
     return bench_adamw_bf16_master(cfg, copy_gbps)
@@ -481,6 +529,9 @@ def _note(r: dict) -> str:
     if r["op"] == "linear_cross_entropy":
         ratio = f" ({r['memory_ratio']}x less)" if r.get("memory_ratio") else ""
         return f"peak {_gb(ours['peak_bytes'])} vs {_gb(native['peak_bytes'])}{ratio}"
+    if r["op"] == "gelu_mlp":
+        kernels = f"kernels {ours['kernel_ms']:.3f} vs {native['kernel_ms']:.3f} ms; " if "kernel_ms" in ours else ""
+        return f"{kernels}max rel. difference {r['max_rel_error']:.1e}"
     if "kernel_ms" in ours:
         theirs = (f" vs {native['kernel_ms']:.3f} ms ({100 * native['kernel_copy_ratio']:.0f}%)"
                   if "kernel_ms" in native else "")

@@ -36,6 +36,13 @@ def test_quick_run_writes_the_json_schema(report):
     for op in ("rms_norm", "layer_norm", "bias_gelu", "swiglu", "rotary", "softmax"):
         assert {(op, "fwd"), (op, "fwd+bwd")} <= measured, op
     assert {("linear_cross_entropy", "fwd+bwd"), ("adamw", "step"), ("adamw_bf16_master", "step")} <= measured
+    assert {("gelu_mlp", "fwd"), ("gelu_mlp", "fwd+bwd")} <= measured
+
+
+def test_the_gelu_mlp_reports_tflops_and_that_both_sides_agree(report):
+    for r in (r for r in report["results"] if r["op"] == "gelu_mlp"):
+        assert "tflops" in r["portkit"] and "tflops" in r["native"] and r["bytes"] is None, r
+        assert r["max_rel_error"] < 2e-2, r  # bf16 rounding; a wrong gradient would show as O(1)
 
 
 def test_each_result_has_both_sides_timed(report):
