@@ -360,14 +360,18 @@ def bench_linear_cross_entropy(cfg: BenchConfig, copy_gbps: float) -> list[dict]
     return rows
 
 
-def _lce_side(name: str, fn: Callable[[], Any], cfg: BenchConfig) -> dict:
-    n, d, v = cfg.rows, cfg.hidden, cfg.vocab
+def _flop_side(name: str, fn: Callable[[], Any], flops: int, cfg: BenchConfig) -> dict:
     ms = time_ms(fn, cfg)
-    side = {"name": name, "ms": round(ms, 4), "tflops": round(6 * n * d * v / ms / 1e9, 1), "peak_bytes": peak_bytes(fn)}
+    side = {"name": name, "ms": round(ms, 4), "tflops": round(flops / ms / 1e9, 1)}
     k = kernel_ms(fn, cfg)
     if k:
         side["kernel_ms"] = round(k, 4)
     return side
+
+
+def _lce_side(name: str, fn: Callable[[], Any], cfg: BenchConfig) -> dict:
+    side = _flop_side(name, fn, 6 * cfg.rows * cfg.hidden * cfg.vocab, cfg)
+    return {**side, "peak_bytes": peak_bytes(fn)}
 
 
 # -- the GeLU MLP (matmul-bound: TFLOP/s) ---------------------------------------------------
@@ -390,8 +394,7 @@ def bench_gelu_mlp(cfg: BenchConfig, copy_gbps: float) -> list[dict]:
         peers.append(("torch.compile(F.linear + F.gelu + F.linear)", torch.compile(_composition)))
     impl = registry.choose("gelu_mlp_fwd")
     dy = torch.randn(n, d, device=dev, dtype=cfg.torch_dtype)
-    error = _max_rel_error(*([fn(*inputs), *torch.autograd.grad(fn(*inputs), inputs, dy)]
-                             for fn in (ops.gelu_mlp, _composition)))
+    error = _max_rel_error(*(_with_grads(fn, inputs, dy) for fn in (ops.gelu_mlp, _composition)))
     rows = []
     for mode, flops, make in (("fwd", 4 * n * d * f, _fwd), ("fwd+bwd", 12 * n * d * f, _fwd_bwd)):
         extra = [[0, 1, 2, 3, 4]] if mode == "fwd+bwd" else []
@@ -402,18 +405,14 @@ def bench_gelu_mlp(cfg: BenchConfig, copy_gbps: float) -> list[dict]:
     return rows
 
 
+def _with_grads(fn: Callable, inputs: list, dy: torch.Tensor) -> list[torch.Tensor]:
+    y = fn(*inputs)
+    return [y, *torch.autograd.grad(y, inputs, dy)]
+
+
 def _max_rel_error(ours, theirs) -> float:
     return round(max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
                      for a, b in zip(ours, theirs)), 5)
-
-
-def _flop_side(name: str, fn: Callable[[], Any], flops: int, cfg: BenchConfig) -> dict:
-    ms = time_ms(fn, cfg)
-    side = {"name": name, "ms": round(ms, 4), "tflops": round(flops / ms / 1e9, 1)}
-    k = kernel_ms(fn, cfg)
-    if k:
-        side["kernel_ms"] = round(k, 4)
-    return side
 
 
 # -- AdamW ----------------------------------------------------------------------------------
