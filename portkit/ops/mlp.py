@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from portkit import runtime
-from portkit.ops import registry
+from portkit.ops import cublaslt, registry
 from portkit.ops._op import as_rows, call, check_vector, custom_op, pick, with_autograd
 from portkit.ops.activations import _gelu_grad, bias_gelu
 
@@ -55,7 +55,6 @@ _told: set[str] = set()
 
 def _or_reference(reference, args: tuple, lt_call):
     """lt_call(), or the reference where cuBLASLt cannot take these inputs (said once per reason)."""
-    from portkit.ops import cublaslt
     try:
         return lt_call()
     except cublaslt.Unsupported as e:
@@ -66,8 +65,6 @@ def _or_reference(reference, args: tuple, lt_call):
 
 
 def lt_fwd(x, w1, b1, w2, b2):
-    from portkit.ops import cublaslt
-
     def run():
         z = x.new_empty(x.shape[0], w1.shape[0])
         h = cublaslt.matmul(x, w1.t(), cublaslt.GELU_AUX_BIAS if b1 is not None else cublaslt.GELU_AUX, b1, z)
@@ -79,8 +76,6 @@ def lt_bwd(dy, x, z, h, w1, b1, w2, b2):
     """dz from the dgrad matmul's DGELU epilogue, db1 from dw1's BGRADB epilogue. DGELU_BGRAD
     would give both at once, but on the H200 it took 1.83 ms where DGELU took 0.90
     (16384 x 2048 @ 2048 x 8192); dw2 and db2 stay torch's (BGRADB was no faster there)."""
-    from portkit.ops import cublaslt
-
     def run():
         dz = cublaslt.matmul(dy, w2, cublaslt.DGELU, None, z)
         if b1 is not None:
