@@ -10,6 +10,8 @@ import os
 import pytest
 import torch
 
+from portkit.ops import registry
+
 # max |a - b| / max |b| allowed when comparing an implementation with the reference
 TOL = {torch.float32: 1e-5, torch.float64: 1e-6, torch.float16: 4e-3, torch.bfloat16: 2e-2}
 
@@ -70,3 +72,18 @@ def close():
 def seeded():
     torch.manual_seed(0)
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def impls(monkeypatch):
+    """A private copy of the registered implementations, restored after the test, with the
+    cpu backend active (these tests use CPU tensors, also on a GPU machine)."""
+    from portkit import runtime
+    monkeypatch.setattr(runtime, "_active", runtime.backends()["cpu"])
+    registry.choose("rms_norm_fwd")  # plugins loaded before the copy
+    monkeypatch.setattr(registry, "_impls", {k: list(v) for k, v in registry._impls.items()})
+    monkeypatch.setattr(registry, "_cache", {})
+    monkeypatch.setattr(registry, "_mode", None)
+    monkeypatch.delenv(registry.MODE_ENV, raising=False)
+    yield registry
+    registry._cache.clear()

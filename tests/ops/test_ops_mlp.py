@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import portkit
 import portkit.ops as ops
-from portkit.ops import cublaslt, mlp, registry
+from portkit.ops import cublaslt, mlp
 
 
 def _inputs(n, d, f, bias, dtype=torch.float32, device="cpu"):
@@ -42,14 +42,9 @@ def test_references_match_autograd_of_the_composition(bias, close):
 
 
 @pytest.fixture
-def served(monkeypatch):
+def served(impls):
     """gelu_mlp served on the CPU by counting wrappers of the references; their predicate
     runs a torch op and defines a class, as loading a real implementation's library does."""
-    from portkit import runtime
-    monkeypatch.setattr(runtime, "_active", runtime.backends()["cpu"])
-    registry.choose("gelu_mlp_fwd")
-    monkeypatch.setattr(registry, "_impls", {k: list(v) for k, v in registry._impls.items()})
-    monkeypatch.setattr(registry, "_cache", {})
     calls = []
 
     def predicate(backend):
@@ -58,9 +53,8 @@ def served(monkeypatch):
         return bool(torch.ones(1).sum() > 0) and backend.device_type == "cpu"
 
     for op, ref in (("gelu_mlp_fwd", mlp.gelu_mlp_fwd), ("gelu_mlp_bwd", mlp.gelu_mlp_bwd)):
-        registry.register(ops.OpImpl(op, lambda *a, op=op, ref=ref: calls.append(op) or ref(*a), predicate, 99, "test"))
-    yield calls
-    registry._cache.clear()
+        impls.register(ops.OpImpl(op, lambda *a, op=op, ref=ref: calls.append(op) or ref(*a), predicate, 99, "test"))
+    return calls
 
 
 @pytest.mark.parametrize("compiled", [False, True])

@@ -11,21 +11,6 @@ from portkit.ops import registry
 from portkit.ops.builtin import LazyKernel
 
 
-@pytest.fixture
-def impls(monkeypatch):
-    """A private copy of the registered implementations, restored after the test, with the
-    cpu backend active (these tests use CPU tensors, also on a GPU machine)."""
-    from portkit import runtime
-    monkeypatch.setattr(runtime, "_active", runtime.backends()["cpu"])
-    registry.choose("rms_norm_fwd")  # plugins loaded before the copy
-    monkeypatch.setattr(registry, "_impls", {k: list(v) for k, v in registry._impls.items()})
-    monkeypatch.setattr(registry, "_cache", {})
-    monkeypatch.setattr(registry, "_mode", None)
-    monkeypatch.delenv(registry.MODE_ENV, raising=False)
-    yield registry
-    registry._cache.clear()
-
-
 def _doubling(x, weight, eps):
     return x * 2, x.new_ones(x.shape[0])
 
