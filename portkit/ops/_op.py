@@ -26,6 +26,27 @@ def pick(op: str, reference: Callable, t: Tensor) -> Callable:
     return registry.dispatch(op)
 
 
+# An eager call that records autograd on an activation smaller than this takes torch's own
+# C++ ops where torch has them (eager_native): a Python autograd node and its Triton launches
+# cost 0.3-0.5 ms of host time a fwd+bwd on the H200 machine's host against 0.18 ms for
+# F.layer_norm, more than the fused kernel saves on the device at these sizes, and an eager
+# step of a small model is host-bound (docs/benchmarks.md). At 16384 x 2048 bf16 (a 1.3B
+# GPT's activations) and above the fused kernels stay: such steps are device-bound.
+EAGER_FUSED_BYTES = 64 << 20
+
+
+def eager_native(op: str, x: Tensor, *params: Tensor | None) -> bool:
+    """Whether this call should run as torch's own ops rather than through `op`'s fused
+    kernels: eager, recording autograd, x under EAGER_FUSED_BYTES, params of x's dtype, and
+    an implementation other than the reference serving `op` on x's device (the CPU keeps the
+    reference path, which is the one the tests check)."""
+    return (not torch.compiler.is_compiling() and torch.is_grad_enabled()
+            and x.numel() * x.element_size() < EAGER_FUSED_BYTES
+            and any(t is not None and t.requires_grad for t in (x, *params))
+            and all(t is None or t.dtype == x.dtype for t in params)
+            and x.device.type == runtime.active().device_type and registry.serves(op))
+
+
 def as_rows(x: Tensor) -> Tensor:
     """(..., H) -> contiguous (N, H)."""
     return x.reshape(-1, x.shape[-1]).contiguous()

@@ -9,10 +9,11 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from portkit.ops import registry
-from portkit.ops._op import as_rows, call, check_vector, custom_op, pick, with_autograd
+from portkit.ops._op import as_rows, call, check_vector, custom_op, eager_native, pick, with_autograd
 
 GELU_K = math.sqrt(2.0 / math.pi)
 GELU_C = 0.044715
@@ -98,6 +99,8 @@ _bias_gelu_fn = with_autograd(_bias_gelu, _bg_backward, _bg_setup)
 def bias_gelu(x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """gelu(x + bias) with the tanh approximation, computed in fp32; bias (H,) or None."""
     check_vector("bias", bias, x.shape[-1], "bias_gelu")
+    if eager_native("bias_gelu_fwd", x, bias):
+        return F.gelu(x + bias if bias is not None else x, approximate="tanh")
     return _bias_gelu_fn(x, bias)
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from portkit import runtime
 from portkit.ops import cublaslt, registry
-from portkit.ops._op import as_rows, call, check_vector, custom_op, pick, with_autograd
+from portkit.ops._op import as_rows, call, check_vector, custom_op, eager_native, pick, with_autograd
 from portkit.ops.activations import _gelu_grad, bias_gelu
 
 
@@ -133,6 +133,8 @@ def gelu_mlp(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Option
     linear -> ops.bias_gelu -> linear. fp32 inputs and autocast always take the latter."""
     check_vector("b1", b1, w1.shape[0], "gelu_mlp")
     check_vector("b2", b2, w2.shape[0], "gelu_mlp")
+    if eager_native("gelu_mlp_fwd", x, w1, b1, w2, b2) and not torch.is_autocast_enabled(x.device.type):
+        return F.linear(F.gelu(F.linear(x, w1, b1), approximate="tanh"), w2, b2)
     if not _fused(x):
         return F.linear(bias_gelu(F.linear(x, w1), b1), w2, b2)
     y, _, _ = _gelu_mlp_fn(as_rows(x), w1, b1, w2, b2)

@@ -14,10 +14,12 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from portkit.ops import registry
-from portkit.ops._op import as_rows, call, check_residual, check_vector, custom_op, n_rows, pick, with_autograd
+from portkit.ops._op import (as_rows, call, check_residual, check_vector, custom_op, eager_native, n_rows, pick,
+                             with_autograd)
 
 
 # -- references (the numerical oracle) ---------------------------------------------------
@@ -168,6 +170,8 @@ _rms_norm_fn = with_autograd(_rms_norm, _rms_backward, _rms_setup)
 def rms_norm(x: Tensor, weight: Optional[Tensor] = None, eps: float = 1e-6) -> Tensor:
     """y = x * rsqrt(mean(x^2) + eps) * weight over the last dim, in fp32, returned in x.dtype."""
     check_vector("weight", weight, x.shape[-1], "rms_norm")
+    if eager_native("rms_norm_fwd", x, weight):
+        return F.rms_norm(x, x.shape[-1:], weight, eps)
     return _rms_norm_fn(x, weight, eps, None)[0]
 
 
@@ -177,6 +181,9 @@ def add_rms_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor]
     residual add and the next norm in one kernel, forward and backward. residual None: (x, rms_norm(x))."""
     check_vector("weight", weight, x.shape[-1], "add_rms_norm")
     check_residual(x, residual, "add_rms_norm")
+    if eager_native("add_rms_norm_fwd", x, weight):
+        s = x + residual if residual is not None else x
+        return s, F.rms_norm(s, x.shape[-1:], weight, eps)
     y, _, s = _rms_norm_fn(x, weight, eps, residual)
     return (s if residual is not None else x), y
 
@@ -237,6 +244,8 @@ def layer_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor
     """LayerNorm over the last dim in fp32, returned in x.dtype; weight/bias (H,) or None."""
     check_vector("weight", weight, x.shape[-1], "layer_norm")
     check_vector("bias", bias, x.shape[-1], "layer_norm")
+    if eager_native("layer_norm_fwd", x, weight, bias):
+        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
     return _layer_norm_fn(x, weight, bias, eps, None)[0]
 
 
@@ -247,5 +256,8 @@ def add_layer_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tenso
     check_vector("weight", weight, x.shape[-1], "add_layer_norm")
     check_vector("bias", bias, x.shape[-1], "add_layer_norm")
     check_residual(x, residual, "add_layer_norm")
+    if eager_native("add_layer_norm_fwd", x, weight, bias):
+        s = x + residual if residual is not None else x
+        return s, F.layer_norm(s, x.shape[-1:], weight, bias, eps)
     y, _, _, s = _layer_norm_fn(x, weight, bias, eps, residual)
     return (s if residual is not None else x), y

@@ -77,8 +77,12 @@ def seeded():
 @pytest.fixture
 def impls(monkeypatch):
     """A private copy of the registered implementations, restored after the test, with the
-    cpu backend active (these tests use CPU tensors, also on a GPU machine)."""
+    cpu backend active (these tests use CPU tensors, also on a GPU machine). Eager autograd
+    calls of any size take the implementations registered here, not torch's own ops
+    (portkit.ops._op.eager_native; test_ops_eager_native.py sets its threshold back)."""
     from portkit import runtime
+    from portkit.ops import _op
+    monkeypatch.setattr(_op, "EAGER_FUSED_BYTES", 0)
     monkeypatch.setattr(runtime, "_active", runtime.backends()["cpu"])
     registry.choose("rms_norm_fwd")  # plugins loaded before the copy
     monkeypatch.setattr(registry, "_impls", {k: list(v) for k, v in registry._impls.items()})
