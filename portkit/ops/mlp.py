@@ -130,7 +130,8 @@ _gelu_mlp_fn = with_autograd(_gelu_mlp, _backward, _setup)
 def gelu_mlp(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor] = None) -> Tensor:
     """gelu_tanh(x @ w1^T + b1) @ w2^T + b2 for x (..., D), w1 (F, D), w2 (D, F): the GeLU MLP
     as one op where an implementation serves it (cuBLASLt epilogues on CUDA), else
-    linear -> ops.bias_gelu -> linear. fp32 inputs and autocast always take the latter."""
+    linear -> ops.bias_gelu -> linear. fp32 inputs and autocast always take the latter; an
+    eager autograd call on a small x takes F.linear -> F.gelu -> F.linear (_op.eager_native)."""
     check_vector("b1", b1, w1.shape[0], "gelu_mlp")
     check_vector("b2", b2, w2.shape[0], "gelu_mlp")
     if eager_native("gelu_mlp_fwd", x, w1, b1, w2, b2) and not torch.is_autocast_enabled(x.device.type):

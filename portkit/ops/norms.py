@@ -181,7 +181,7 @@ def add_rms_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor]
     residual add and the next norm in one kernel, forward and backward. residual None: (x, rms_norm(x))."""
     check_vector("weight", weight, x.shape[-1], "add_rms_norm")
     check_residual(x, residual, "add_rms_norm")
-    if eager_native("add_rms_norm_fwd", x, weight):
+    if eager_native("add_rms_norm_fwd", x, residual, weight):
         s = x + residual if residual is not None else x
         return s, F.rms_norm(s, x.shape[-1:], weight, eps)
     y, _, s = _rms_norm_fn(x, weight, eps, residual)
@@ -256,7 +256,7 @@ def add_layer_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tenso
     check_vector("weight", weight, x.shape[-1], "add_layer_norm")
     check_vector("bias", bias, x.shape[-1], "add_layer_norm")
     check_residual(x, residual, "add_layer_norm")
-    if eager_native("add_layer_norm_fwd", x, weight, bias):
+    if eager_native("add_layer_norm_fwd", x, residual, weight, bias):
         s = x + residual if residual is not None else x
         return s, F.layer_norm(s, x.shape[-1:], weight, bias, eps)
     y, _, _, s = _layer_norm_fn(x, weight, bias, eps, residual)
