@@ -47,6 +47,18 @@ def eager_native(op: str, x: Tensor, *params: Tensor | None) -> bool:
             and x.device.type == runtime.active().device_type and registry.serves(op))
 
 
+@contextlib.contextmanager
+def fused_eager():
+    """Inside, eager autograd calls of every size take the fused implementations: conformance
+    certifies a plugin's kernels through the public ops, not torch's."""
+    global EAGER_FUSED_BYTES
+    before, EAGER_FUSED_BYTES = EAGER_FUSED_BYTES, 0
+    try:
+        yield
+    finally:
+        EAGER_FUSED_BYTES = before
+
+
 def as_rows(x: Tensor) -> Tensor:
     """(..., H) -> contiguous (N, H)."""
     return x.reshape(-1, x.shape[-1]).contiguous()
