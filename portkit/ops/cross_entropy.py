@@ -18,6 +18,7 @@ gradient; and "cross_entropy_chunk", the per-chunk step a plugin may replace alo
 """
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Callable, Optional
 
 import torch
@@ -75,11 +76,10 @@ def chunked_linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor,
     step = chunk_rows(n, d, v)
     chunk = hidden.new_empty(min(step, n), v)  # one buffer: a new chunk's logits never coexist with the last's
     wt = weight.t()
-    count = -(-n // step)
-    # views made once: split is one call where a slice per tensor per chunk cost host time the
-    # loop spends once per chunk (26-64 chunks at a small model's width, where steps are host-bound)
-    rows = zip(hidden.split(step), target.split(step), loss.split(step), gh.split(step) if want else [None] * count,
-               grad_scale.split(step) if want and grad_scale.dim() else [grad_scale] * count)
+    # every chunk's views from one split per tensor, not slices per chunk: the loop's host time
+    # counts at a small model's width (26-64 chunks a step, host-bound)
+    rows = zip(hidden.split(step), target.split(step), loss.split(step), gh.split(step) if want else repeat(None),
+               grad_scale.split(step) if want and grad_scale.dim() else repeat(grad_scale))
     for h, t, out, g, scale in rows:
         logits = chunk if h.shape[0] == chunk.shape[0] else chunk[:h.shape[0]]  # (c, V)
         if bias is None:
