@@ -29,8 +29,10 @@ from portkit.ops._op import call, custom_op, pick, with_autograd
 
 REDUCTIONS = ("mean", "sum", "none")
 CHUNK_BUDGET = 1  # a chunk's logits hold about this many times the elements of hidden (N x d)
-MIN_CHUNK = 1 << 25  # ... and at least about this many elements (64 MiB in bf16): with a small d
-# the budget alone gave 256-row chunks at GPT-2 124M (64 chunks of small matmuls a step)
+MIN_CHUNK_MACS = 1 << 35  # ... and a chunk's logits matmul at least this many multiply-adds (rows x V x d):
+# below it a chunk's device work (three matmuls and the CE step, about 0.3 ms on an H200) is no longer
+# than the host time of issuing its calls, and a small model's step goes host-bound (GPT-2 124M: 16
+# chunks of 1024 rows a step; a floor of 64 MiB of logits gave 26 of 640, the budget alone 64 of 256)
 
 
 @registry.reference("cross_entropy_chunk")
@@ -53,13 +55,13 @@ def cross_entropy_chunk(logits: Tensor, target: Tensor, ignore_index: int,
 
 
 def chunk_rows(n: int, d: int, v: int) -> int:
-    """Rows per chunk: the chunk's logits (rows x V) hold about CHUNK_BUDGET x N x d elements
-    (at least MIN_CHUNK), small beside the full logits, large enough that the weight-gradient accumulation
-    (one read and write of the V x d gradient per chunk) stays cheap."""
+    """Rows per chunk, a power of two: the chunk's logits (rows x V) hold about CHUNK_BUDGET x N x d
+    elements, small beside the full logits, unless MIN_CHUNK_MACS asks for more rows; large enough
+    that the weight-gradient accumulation (one read and write of the V x d gradient per chunk) stays
+    cheap."""
     per = max(1, -(-v // (CHUNK_BUDGET * d)))  # chunks needed so that rows*V <= BUDGET*N*d
-    rows = 1 << max(0, (-(-n // per) - 1).bit_length())  # next power of two
-    floor = MIN_CHUNK // v // 128 * 128  # rows in multiples of 128, as the matmul tiles
-    return max(1, min(max(rows, floor), n))
+    rows = max(-(-n // per), -(-MIN_CHUNK_MACS // (v * d)))
+    return max(1, min(1 << (rows - 1).bit_length(), n))
 
 
 def chunked_linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: Optional[Tensor],

@@ -13,7 +13,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
     """The tests' shapes are tiny: without the floor they still run in several chunks."""
-    monkeypatch.setattr(C, "MIN_CHUNK", 0)
+    monkeypatch.setattr(C, "MIN_CHUNK_MACS", 0)
 
 
 def _data(n, d, v, dtype=torch.float32, device="cpu", bias=False):
@@ -44,7 +44,7 @@ def _ours(h, w, t, b, reduction):
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_linear_cross_entropy_matches_torch(reduction, bias, close, seeded):
-    h, w, t, b = _data(37, 4, 50, bias=bias)  # 37 rows in chunks of 16: three chunks
+    h, w, t, b = _data(37, 4, 50, bias=bias)  # 37 rows in chunks of 4: ten chunks
     g = torch.rand(37) if reduction == "none" else None
     ours = _loss_and_grads(_ours, h, w, t, b, reduction, g)
     theirs = _loss_and_grads(_torch_ce, h, w, t, b, reduction, g)
@@ -59,11 +59,13 @@ def test_the_chunks_are_smaller_than_the_logits():
     assert C.chunk_rows(4, 4096, 10) == 4
 
 
-def test_a_narrow_hidden_gets_chunks_of_at_least_min_chunk_elements(monkeypatch):
-    monkeypatch.setattr(C, "MIN_CHUNK", 1 << 25)
-    assert C.chunk_rows(16384, 768, 50304) == 640  # GPT-2 124M: 26 chunks, not 64 of 256 rows
+def test_a_narrow_hidden_gets_chunks_of_at_least_min_chunk_macs(monkeypatch):
+    monkeypatch.setattr(C, "MIN_CHUNK_MACS", 1 << 35)
+    assert C.chunk_rows(16384, 768, 50304) == 1024  # GPT-2 124M: 16 chunks, not 64 of 256 rows
+    assert C.chunk_rows(16384, 1024, 50304) == 1024  # 350M: 16, not 32 of 512
     assert C.chunk_rows(8192, 4096, 128256) == 256  # the budget already asks for more: unchanged
     assert C.chunk_rows(16384, 2048, 50304) == 1024
+    assert C.chunk_rows(100, 768, 50304) == 100  # never more rows than there are
 
 
 def test_the_chunk_loop_never_materialises_all_logits(seeded):
