@@ -29,10 +29,11 @@ from portkit.ops._op import call, custom_op, pick, with_autograd
 
 REDUCTIONS = ("mean", "sum", "none")
 CHUNK_BUDGET = 1  # a chunk's logits hold about this many times the elements of hidden (N x d)
-MIN_CHUNK_MACS = 1 << 35  # ... and a chunk's logits matmul at least this many multiply-adds (rows x V x d):
-# below it a chunk's device work (three matmuls and the CE step, about 0.3 ms on an H200) is no longer
-# than the host time of issuing its calls, and a small model's step goes host-bound (GPT-2 124M: 16
-# chunks of 1024 rows a step; a floor of 64 MiB of logits gave 26 of 640, the budget alone 64 of 256)
+MIN_CHUNK_MACS = 1 << 36  # ... and a chunk's logits matmul at least this many multiply-adds (rows x V x d):
+# a chunk's host time (its five calls, about 0.35 ms on an H100 machine's host) against its device work
+# (three matmuls and the CE step, about 0.7 ms at this floor). GPT-2 124M: 8 chunks of 2048 rows a step;
+# 16 of 1024 took 2.8 ms more host time a compiled step, a floor of 64 MiB of logits gave 26 of 640
+# and the budget alone 64 of 256 (docs/benchmarks.md)
 
 
 @registry.reference("cross_entropy_chunk")

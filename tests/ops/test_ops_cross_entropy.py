@@ -60,9 +60,9 @@ def test_the_chunks_are_smaller_than_the_logits():
 
 
 def test_a_narrow_hidden_gets_chunks_of_at_least_min_chunk_macs(monkeypatch):
-    monkeypatch.setattr(C, "MIN_CHUNK_MACS", 1 << 35)
-    assert C.chunk_rows(16384, 768, 50304) == 1024  # GPT-2 124M: 16 chunks, not 64 of 256 rows
-    assert C.chunk_rows(16384, 1024, 50304) == 1024  # 350M: 16, not 32 of 512
+    monkeypatch.setattr(C, "MIN_CHUNK_MACS", 1 << 36)
+    assert C.chunk_rows(16384, 768, 50304) == 2048  # GPT-2 124M: 8 chunks, not 64 of 256 rows
+    assert C.chunk_rows(16384, 1024, 50304) == 2048  # 350M: 8, not 32 of 512
     assert C.chunk_rows(8192, 4096, 128256) == 256  # the budget already asks for more: unchanged
     assert C.chunk_rows(16384, 2048, 50304) == 1024
     assert C.chunk_rows(100, 768, 50304) == 100  # never more rows than there are
