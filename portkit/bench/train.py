@@ -30,6 +30,9 @@ A run is warmup steps, then `steps` steps timed as a training loop runs (one
 synchronisation at the end: the headline step time and tokens/s), then `steps` steps each
 synchronised (the per-step column; host time is the median time until a step's work was
 issued: near the step time the run is host-bound, well below it the device is the limit).
+`--repeats N` runs every variant N times, each round in a fresh order (round r starts at the
+r-th variant) and reports each variant's run of median step time: a machine whose host or
+clocks drift between processes then cannot favour whichever side ran at a good moment.
 The convergence check compares the mean loss of the last TAIL steps of every variant with
 the native reference variant's (native-eager, else native-compiled, else native-bf16): it
 passes within LOSS_TOLERANCE, relative. MFU = flops per token * tokens/s / peak, with
@@ -126,6 +129,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ppo", action="store_true", help="also measure PPO generation and update on a 350M actor")
     p.add_argument("--quick", action="store_true", help="tiny model, 2 steps: a smoke run that works on the CPU")
     p.add_argument("--backend", help="backend to run on (default: the best available)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run every variant this many times, the order rotated each round; the table shows each "
+                        "variant's median run (the faster of two) and the JSON every run's step time "
+                        "(default %(default)s)")
     p.add_argument("--json-out", type=Path, help="write the results as JSON here")
 
 
@@ -140,6 +147,7 @@ class TrainArgs:
     compile_backend: str
     ppo: Optional[PPOShape]
     quick: bool
+    repeats: int = 1
 
 
 def parse(args: argparse.Namespace) -> TrainArgs:
@@ -150,11 +158,12 @@ def parse(args: argparse.Namespace) -> TrainArgs:
     steps, warmup = args.steps, args.warmup
     if args.quick:
         models, steps, warmup = ("tiny",), 2, 1
-    if steps < 1 or warmup < 0 or min(args.batch or 1, args.seq or 1) < 1:
-        raise UserError(f"--steps must be >= 1, --warmup >= 0, --batch/--seq >= 1 "
-                        f"(got {steps}, {warmup}, {args.batch}, {args.seq})")
+    if steps < 1 or warmup < 0 or min(args.batch or 1, args.seq or 1, args.repeats) < 1:
+        raise UserError(f"--steps and --repeats must be >= 1, --warmup >= 0, --batch/--seq >= 1 "
+                        f"(got {steps}, {args.repeats}, {warmup}, {args.batch}, {args.seq})")
     ppo = (QUICK_PPO if args.quick else PPOShape()) if args.ppo else None
-    return TrainArgs(models, variants, steps, warmup, args.batch, args.seq, args.compile_backend, ppo, args.quick)
+    return TrainArgs(models, variants, steps, warmup, args.batch, args.seq, args.compile_backend, ppo, args.quick,
+                     args.repeats)
 
 
 def _split(text: str, allowed, flag: str) -> tuple[str, ...]:
@@ -179,6 +188,8 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["portkit bench train", f"--models {args.models}", f"--variants {args.variants}",
              f"--steps {args.steps}", f"--warmup {args.warmup}"]
     parts += [f"--{k} {getattr(args, k)}" for k in ("batch", "seq") if getattr(args, k) is not None]
+    if args.repeats != 1:
+        parts.append(f"--repeats {args.repeats}")
     if args.compile_backend != "inductor":
         parts.append(f"--compile-backend {args.compile_backend}")
     parts += [f"--{k}" for k in ("compile", "ppo", "quick") if getattr(args, k)]
@@ -497,11 +508,14 @@ def _synthetic_rollout(seq, valid, P: int, gen) -> dict:
 def run(ta: TrainArgs, command: str, progress: Callable[[str], None] = lambda s: None) -> dict:
     results = []
     for name in ta.models:
-        for variant in ta.variants:
-            progress(f"{name} {variant}")
-            p = PRESETS[name]
-            failed = {"model": name, "variant": variant, "batch": ta.batch or p.batch, "seq": ta.seq or p.seq}
-            results.append(in_worker({"job": "train", "variant": variant, "model": name}, ta, failed))
+        runs: dict[str, list[dict]] = {v: [] for v in ta.variants}
+        for r in range(ta.repeats):  # round r starts at the r-th variant: no side always goes first
+            for variant in ta.variants[r % len(ta.variants):] + ta.variants[:r % len(ta.variants)]:
+                progress(f"{name} {variant}" + (f" (round {r + 1} of {ta.repeats})" if ta.repeats > 1 else ""))
+                p = PRESETS[name]
+                failed = {"model": name, "variant": variant, "batch": ta.batch or p.batch, "seq": ta.seq or p.seq}
+                runs[variant].append(in_worker({"job": "train", "variant": variant, "model": name}, ta, failed))
+        results += [median_run(rows) for rows in runs.values()]
     ppo_result = None
     if ta.ppo is not None:
         progress(f"ppo ({ta.ppo.model} actor)")
@@ -518,10 +532,21 @@ def run(ta: TrainArgs, command: str, progress: Callable[[str], None] = lambda s:
 
 
 TIMING = ("each variant in a fresh process; step_ms: mean over `steps` steps with one synchronisation at the end "
-          "(tokens/s, MFU from it); synced_step_ms: median of `steps` steps each synchronised")
+          "(tokens/s, MFU from it); synced_step_ms: median of `steps` steps each synchronised; with --repeats, "
+          "each variant's run of median step_ms (rounds in rotated order; runs_step_ms: every run's)")
 DATA = (f"bytes of the Python standard library's source, not repeated; the same weights (seed 0) on every side; "
         f"lr {LR} warmed up over {LR_WARMUP} steps")
 WORKER_TAG = "portkit-bench-result: "
+
+
+def median_run(rows: list[dict]) -> dict:
+    """A variant's run of median step time (the faster of two), with every run's step time;
+    a failed run is reported as the failure."""
+    failed = [r for r in rows if r.get("error")]
+    if failed:
+        return failed[0]
+    ranked = sorted(rows, key=lambda r: r["step_ms"])
+    return {**ranked[(len(ranked) - 1) // 2], "runs_step_ms": [r["step_ms"] for r in rows]}
 
 
 def in_worker(job: dict, ta: TrainArgs, failed: dict) -> dict:

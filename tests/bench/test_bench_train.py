@@ -105,3 +105,31 @@ def test_a_dying_worker_becomes_an_error_row_not_a_crash():
     row = bench.in_worker({"job": "train", "variant": "portkit", "model": "no-such-model"}, ta,
                           {"model": "no-such-model", "variant": "portkit"})
     assert row["model"] == "no-such-model" and "exit code 1" in row["error"]
+
+
+def test_repeats_rotate_the_order_and_report_each_variants_median_run(monkeypatch):
+    calls, times = [], {"portkit": [30.0, 20.0, 25.0], "native-eager": [10.0, 40.0, 12.0]}
+
+    def fake(job, ta, failed):
+        calls.append(job["variant"])
+        return {"model": job["model"], "variant": job["variant"], "error": None,
+                "step_ms": times[job["variant"]].pop(0), "final_loss": 1.0}
+    monkeypatch.setattr(bench, "in_worker", fake)
+    ta = bench.TrainArgs(models=("tiny",), variants=("portkit", "native-eager"), steps=1, warmup=0, batch=None,
+                         seq=None, compile_backend="inductor", ppo=None, quick=True, repeats=3)
+    rows = {r["variant"]: r for r in bench.run(ta, "cmd")["results"]}
+    assert calls == ["portkit", "native-eager", "native-eager", "portkit", "portkit", "native-eager"]
+    assert rows["portkit"]["step_ms"] == 25.0 and rows["portkit"]["runs_step_ms"] == [30.0, 20.0, 25.0]
+    assert rows["native-eager"]["step_ms"] == 12.0
+
+
+def test_a_failed_repeat_is_reported_not_hidden_by_the_others():
+    ok = {"variant": "portkit", "error": None, "step_ms": 5.0}
+    bad = {"variant": "portkit", "error": "out of memory"}
+    assert bench.median_run([ok, bad, ok])["error"] == "out of memory"
+    assert bench.median_run([ok, {**ok, "step_ms": 9.0}])["step_ms"] == 5.0  # the faster of two
+
+
+def test_repeats_below_one_is_a_usage_error(tmp_path):
+    done = _run(["--quick", "--repeats", "0"], tmp_path)
+    assert done.returncode == 2 and "--repeats" in done.stderr and "Traceback" not in done.stderr
