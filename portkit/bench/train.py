@@ -508,11 +508,10 @@ def _synthetic_rollout(seq, valid, P: int, gen) -> dict:
 def run(ta: TrainArgs, command: str, progress: Callable[[str], None] = lambda s: None) -> dict:
     results = []
     for name in ta.models:
-        runs: dict[str, list[dict]] = {v: [] for v in ta.variants}
+        p, runs = PRESETS[name], {v: [] for v in ta.variants}
         for r in range(ta.repeats):  # round r starts at the r-th variant: no side always goes first
             for variant in ta.variants[r % len(ta.variants):] + ta.variants[:r % len(ta.variants)]:
                 progress(f"{name} {variant}" + (f" (round {r + 1} of {ta.repeats})" if ta.repeats > 1 else ""))
-                p = PRESETS[name]
                 failed = {"model": name, "variant": variant, "batch": ta.batch or p.batch, "seq": ta.seq or p.seq}
                 runs[variant].append(in_worker({"job": "train", "variant": variant, "model": name}, ta, failed))
         results += [median_run(rows) for rows in runs.values()]
