@@ -32,8 +32,8 @@ CHUNK_BUDGET = 1  # a chunk's logits hold about this many times the elements of 
 MIN_CHUNK_MACS = 1 << 36  # ... and a chunk's logits matmul at least this many multiply-adds (rows x V x d):
 # a chunk's host time (its five calls, about 0.35 ms on an H100 machine's host) against its device work
 # (three matmuls and the CE step, about 0.7 ms at this floor). GPT-2 124M: 8 chunks of 2048 rows a step;
-# 16 of 1024 took 2.8 ms more host time a compiled step, a floor of 64 MiB of logits gave 26 of 640
-# and the budget alone 64 of 256 (docs/benchmarks.md)
+# with 16 of 1024 a compiled step's forward was issued 2.8 ms later (H100), a floor of 64 MiB of logits
+# gave 26 of 640 and the budget alone 64 of 256 (docs/benchmarks.md)
 
 
 @registry.reference("cross_entropy_chunk")
