@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import statistics
 from typing import Optional
 
 import torch
@@ -41,7 +42,7 @@ _DTYPES = {torch.bfloat16: 14, torch.float16: 2}
 _OP_N, _OP_T = 0, 1
 WORKSPACE = 32 << 20  # bytes, what cuBLASLt asks for on Hopper
 _ONE, _ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)
-CANDIDATES, TUNE_REPEATS = 16, 3  # algorithms asked of the heuristic and timed on a shape's first call
+CANDIDATES, TUNE_ROUNDS, TUNE_REPEATS = 16, 3, 3  # algorithms asked of the heuristic, timed on a shape's first call
 
 
 class Unsupported(RuntimeError):
@@ -172,26 +173,38 @@ class _Plan:
     def tune(self, launch) -> None:
         """Times every candidate on this call's operands (the heuristic's first choice can be
         far from the best) and keeps the fastest; `launch(result)` runs one."""
-        mod, times = portkit.backend().module, []
-        for r in self.algos:
-            start, end = mod.Event(enable_timing=True), mod.Event(enable_timing=True)
-            if launch(r) != 0:
-                times.append(float("inf"))
-                continue
-            start.record()
-            for _ in range(TUNE_REPEATS):
-                launch(r)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        self.times = times
-        self.result = self.algos[min(range(len(times)), key=times.__getitem__)]
+        self.times = fastest(self.algos, launch, portkit.backend().module)
+        self.result = self.algos[min(range(len(self.times)), key=self.times.__getitem__)]
 
     def set_pointers(self, bias: int, aux: int) -> None:
         if bias:
             _set(self.desc, _BIAS_POINTER, ctypes.c_void_p(bias))
         if aux:
             _set(self.desc, _AUX_POINTER, ctypes.c_void_p(aux))
+
+
+def fastest(candidates: list, launch, mod) -> list[float]:
+    """Each candidate's time (ms for TUNE_REPEATS launches; inf where it fails to launch): the
+    median of TUNE_ROUNDS rounds, a round timing every candidate in turn with no wait between
+    them, so the device never idles inside a timing and a swing of clocks or of a neighbour's
+    load hits one round of every candidate, not all rounds of one."""
+    ok = [launch(r) == 0 for r in candidates]  # each run once: warm, and checked
+    rounds = []
+    for _ in range(TUNE_ROUNDS):
+        events = []
+        for r, good in zip(candidates, ok):
+            if good:
+                start, end = mod.Event(enable_timing=True), mod.Event(enable_timing=True)
+                start.record()
+                for _ in range(TUNE_REPEATS):
+                    launch(r)
+                end.record()
+                events.append((start, end))
+        if events:
+            events[-1][1].synchronize()
+        times = iter([s.elapsed_time(e) for s, e in events])
+        rounds.append([next(times) if good else float("inf") for good in ok])
+    return [statistics.median(t) for t in zip(*rounds)]
 
 
 _plans: dict[tuple, _Plan] = {}

@@ -108,6 +108,49 @@ def test_cublaslt_is_not_offered_without_a_cuda_build(monkeypatch):
     assert cublaslt.available() is False
 
 
+class _Clock:
+    """A device stand-in for cublaslt.fastest: launches advance a clock, events read it."""
+
+    def __init__(self, cost, spike):
+        self.now, self.cost, self.spike, self.launches = 0.0, cost, spike, 0
+
+    def launch(self, r):
+        if self.cost[r] is None:
+            return 7  # cuBLAS status: not supported
+        self.launches += 1
+        self.now += self.cost[r] + self.spike.get(self.launches, 0.0)
+        return 0
+
+    @property
+    def Event(self):
+        clock = self
+
+        class Event:
+            def __init__(self, enable_timing):
+                self.t = None
+
+            def record(self):
+                self.t = clock.now
+
+            def synchronize(self):
+                pass
+
+            def elapsed_time(self, other):
+                return other.t - self.t
+        return Event
+
+
+def test_cublaslt_tuning_keeps_the_fastest_through_one_slow_round():
+    cost = [1.0, 0.8, None, 0.9]  # candidate 2 fails to launch
+    # one swing of the device (a neighbour's load, clocks) during candidate 1's first timing
+    clock = _Clock(cost, {3 + cublaslt.TUNE_REPEATS + 1: 5.0})  # after 3 warm launches and candidate 0
+    times = cublaslt.fastest([0, 1, 2, 3], clock.launch, clock)
+    assert times[2] == float("inf")
+    assert min(range(4), key=times.__getitem__) == 1
+    assert times[1] == pytest.approx(0.8 * cublaslt.TUNE_REPEATS)
+    assert clock.launches == 3 + 3 * cublaslt.TUNE_ROUNDS * cublaslt.TUNE_REPEATS
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("n,d,f", [(1024, 256, 1024), (16, 512, 2048), (37, 64, 256), (40, 60, 200)])
 @pytest.mark.parametrize("bias", [True, False])
