@@ -189,21 +189,22 @@ def fastest(candidates: list, launch, mod) -> list[float]:
     them, so the device never idles inside a timing and a swing of clocks or of a neighbour's
     load hits one round of every candidate, not all rounds of one."""
     ok = [launch(r) == 0 for r in candidates]  # each run once: warm, and checked
+
+    def timed(r):
+        start, end = mod.Event(enable_timing=True), mod.Event(enable_timing=True)
+        start.record()
+        for _ in range(TUNE_REPEATS):
+            launch(r)
+        end.record()
+        return start, end
+
+    def elapsed(start, end) -> float:
+        end.synchronize()
+        return start.elapsed_time(end)
     rounds = []
-    for _ in range(TUNE_ROUNDS):
-        events = []
-        for r, good in zip(candidates, ok):
-            if good:
-                start, end = mod.Event(enable_timing=True), mod.Event(enable_timing=True)
-                start.record()
-                for _ in range(TUNE_REPEATS):
-                    launch(r)
-                end.record()
-                events.append((start, end))
-        if events:
-            events[-1][1].synchronize()
-        times = iter([s.elapsed_time(e) for s, e in events])
-        rounds.append([next(times) if good else float("inf") for good in ok])
+    for _ in range(TUNE_ROUNDS):  # a round's timings all issued before the first is read
+        events = [timed(r) if good else None for r, good in zip(candidates, ok)]
+        rounds.append([elapsed(*e) if e else float("inf") for e in events])
     return [statistics.median(t) for t in zip(*rounds)]
 
 
