@@ -91,6 +91,15 @@ def _mlp_bwd(s, g):
     return _t((s[0], s[1]), g), x, z, h, w1, b1, w2, b2
 
 
+def _attn_fwd(s, g):
+    return _t(s, g), _t(s, g), _t(s, g), s[-1] ** -0.5
+
+
+def _attn_bwd(s, g):
+    q, k, v, scale = _attn_fwd(s, g)
+    return (_t(s, g), q, k, v, *_ref("causal_attention_fwd")(q, k, v, scale), scale)
+
+
 def _swiglu_fwd(s, g):
     return (_t((s[0], 2 * s[1]), g),)
 
@@ -142,6 +151,7 @@ def _adamw(s, g):
 
 ROWS = ((3, 16), (37, 129), (64, 1024))
 HEADS = ((1, 2, 7, 8), (2, 3, 33, 64))
+TOKENS = ((1, 7, 2, 8), (2, 33, 3, 64))  # (B, T, H, D)
 CASES: dict[str, tuple[Callable, tuple]] = {  # registry op -> (inputs(shape, generator), shapes)
     "rms_norm_fwd": (_rms_fwd, ROWS), "rms_norm_bwd": (_rms_bwd, ROWS),
     "layer_norm_fwd": (_ln_fwd, ROWS), "layer_norm_bwd": (_ln_bwd, ROWS),
@@ -149,14 +159,15 @@ CASES: dict[str, tuple[Callable, tuple]] = {  # registry op -> (inputs(shape, ge
     "rms_norm_bwd_add": (_rms_bwd_add, ROWS), "layer_norm_bwd_add": (_ln_bwd_add, ROWS),
     "bias_gelu_fwd": (_gelu_fwd, ROWS), "bias_gelu_bwd": (_gelu_bwd, ROWS),
     "gelu_mlp_fwd": (_mlp_fwd, ROWS), "gelu_mlp_bwd": (_mlp_bwd, ROWS),
+    "causal_attention_fwd": (_attn_fwd, TOKENS), "causal_attention_bwd": (_attn_bwd, TOKENS),
     "swiglu_fwd": (_swiglu_fwd, ROWS), "swiglu_bwd": (_swiglu_bwd, ROWS),
     "rotary_fwd": (_rotary_fwd, HEADS), "rotary_bwd": (_rotary_fwd, HEADS),
     "softmax_fwd": (_softmax_fwd, HEADS), "softmax_bwd": (_softmax_bwd, HEADS),
     "cross_entropy_chunk": (_ce_chunk, ROWS), "linear_cross_entropy_fwd": (_lce_fwd, ((5, 16, 33), (37, 64, 300))),
     "adamw_step": (_adamw, (((7,), (33, 17), (1000,)),)),
 }
-KEEP_FP32 = {"rotary_fwd": (1, 2), "rotary_bwd": (1, 2), "cross_entropy_chunk": (3,),  # argument positions
-             "linear_cross_entropy_fwd": (5,), "adamw_step": (2, 3)}                   # that stay fp32
+KEEP_FP32 = {"rotary_fwd": (1, 2), "rotary_bwd": (1, 2), "cross_entropy_chunk": (3,), "causal_attention_bwd": (5,),
+             "linear_cross_entropy_fwd": (5,), "adamw_step": (2, 3)}  # argument positions that stay fp32
 MUTATED = {"cross_entropy_chunk": (0,), "adamw_step": (0, 2, 3, 4)}  # arguments an op writes in place: compared too
 
 
