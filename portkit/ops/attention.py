@@ -91,12 +91,11 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = N
     """softmax(q k^T * scale, causal) v for q, k, v (B, T, H, D) -> (B, T, H, D); scale
     defaults to D ** -0.5. One op where an implementation serves bf16/fp16 on this device,
     else F.scaled_dot_product_attention on transposed views."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if not _fused(q):
+    if not _fused(q):  # the call the GPT made before this op existed
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                            is_causal=True, scale=scale)
         return y.transpose(1, 2)
-    return _attention_fn(q, k, v, scale)[0]
+    return _attention_fn(q, k, v, q.shape[-1] ** -0.5 if scale is None else scale)[0]
 
 
 def _fused(q: Tensor) -> bool:
