@@ -91,3 +91,16 @@ def impls(monkeypatch):
     monkeypatch.delenv(registry.MODE_ENV, raising=False)
     yield registry
     registry._cache.clear()
+
+
+@pytest.fixture
+def gpt_one_graph():
+    """Compiles a small bf16 GPT's training forward and asserts torch.compile took it whole."""
+    def check():
+        from portkit.models.gpt import GPT, GPTConfig
+        cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64, norm="layernorm",
+                        pos="learned", mlp="gelu", bias=True)
+        idx = torch.randint(0, 64, (2, 16))
+        explained = torch._dynamo.explain(GPT(cfg).to(torch.bfloat16))(idx, idx)
+        assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    return check

@@ -59,14 +59,8 @@ def test_the_served_op_runs_and_differentiates_eager_and_compiled(served, compil
         close(a.float(), c.float(), torch.bfloat16, name)
 
 
-def test_the_gpt_compiles_its_attention_op_in_one_graph(served):
-    from portkit.models.gpt import GPT, GPTConfig
-    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64, norm="layernorm", pos="learned",
-                    mlp="gelu", bias=True)
-    model = GPT(cfg).to(torch.bfloat16)
-    idx = torch.randint(0, 64, (2, 16))
-    explained = torch._dynamo.explain(model)(idx, idx)
-    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+def test_the_gpt_compiles_its_attention_op_in_one_graph(served, gpt_one_graph):
+    gpt_one_graph()
     assert "causal_attention_fwd" in served
 
 
