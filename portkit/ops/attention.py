@@ -25,8 +25,7 @@ from portkit.ops._op import call, custom_op, pick, with_autograd
 
 def _scores(q: Tensor, k: Tensor, scale: float) -> Tensor:
     s = torch.einsum("bthd,bshd->bhts", q.float(), k.float()) * scale
-    T, S = s.shape[-2:]
-    causal = torch.ones(T, S, dtype=torch.bool, device=s.device).tril(S - T)
+    causal = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
     return s.masked_fill(~causal, float("-inf"))
 
 
@@ -91,6 +90,9 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = N
     """softmax(q k^T * scale, causal) v for q, k, v (B, T, H, D) -> (B, T, H, D); scale
     defaults to D ** -0.5. One op where an implementation serves bf16/fp16 on this device,
     else F.scaled_dot_product_attention on transposed views."""
+    if not q.shape[:2] == k.shape[:2] == v.shape[:2]:
+        raise ValueError(f"causal_attention: q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)} must share "
+                         f"(B, T): self-attention; attend to other keys with F.scaled_dot_product_attention and a mask")
     if not _fused(q):  # the call the GPT made before this op existed
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                            is_causal=True, scale=scale)

@@ -66,6 +66,8 @@ def test_the_gpt_compiles_its_attention_op_in_one_graph(served, gpt_one_graph):
 
 def test_unserved_or_fp32_take_sdpa_and_masks_keep_it(served, close):
     qkv, _ = _qkv()
+    with pytest.raises(ValueError, match="must share"):
+        ops.causal_attention(qkv[:, :4, :, 0], qkv[..., 1], qkv[..., 2])
     close(ops.causal_attention(*qkv.unbind(3)), _sdpa(*qkv.unbind(3)), torch.float32, "fp32")
     assert served == []  # fp32 is SDPA's
     from portkit.models.gpt import GPT, GPTConfig
