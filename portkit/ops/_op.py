@@ -26,6 +26,19 @@ def pick(op: str, reference: Callable, t: Tensor) -> Callable:
     return registry.dispatch(op)
 
 
+def served_device(op: str) -> Callable[[], str | None]:
+    """A function giving the active backend's device type where an implementation other than
+    the reference serves `op`, else None. torch.compile runs it once while tracing (choosing
+    may load plugins and libraries, which it cannot trace) and keeps the answer: set
+    PORTKIT_OPS before compiling. Marked as torch.compiler.assume_constant_result marks, without
+    importing torch._dynamo (and triton) with portkit.ops; the ops' tests check that the GPT
+    still compiles in one graph."""
+    def device() -> str | None:
+        return runtime.active().device_type if registry.serves(op) else None
+    device._dynamo_marked_constant = True
+    return device
+
+
 # An eager call that records autograd on an activation smaller than this takes torch's own
 # C++ ops where torch has them (eager_native): a Python autograd node and its Triton launches
 # cost 0.3-0.5 ms of host time a fwd+bwd on the H200 machine's host against 0.18 ms for

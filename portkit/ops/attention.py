@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from portkit import runtime
 from portkit.ops import registry
-from portkit.ops._op import call, custom_op, pick, with_autograd
+from portkit.ops._op import call, custom_op, pick, served_device, with_autograd
 
 
 def _scores(q: Tensor, k: Tensor, scale: float) -> Tensor:
@@ -104,10 +103,4 @@ def _fused(q: Tensor) -> bool:
     return q.dtype in (torch.bfloat16, torch.float16) and q.device.type == _served_device()
 
 
-def _served_device() -> Optional[str]:
-    """The active backend's device type where an implementation serves the op, else None
-    (kept by torch.compile as a constant, as portkit.ops.mlp's)."""
-    return runtime.active().device_type if registry.serves("causal_attention_fwd") else None
-
-
-_served_device._dynamo_marked_constant = True
+_served_device = served_device("causal_attention_fwd")

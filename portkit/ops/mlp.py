@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from portkit import runtime
 from portkit.ops import cublaslt, registry
-from portkit.ops._op import as_rows, call, check_vector, custom_op, eager_native, pick, with_autograd
+from portkit.ops._op import as_rows, call, check_vector, custom_op, eager_native, pick, served_device, with_autograd
 from portkit.ops.activations import _gelu_grad, bias_gelu
 
 
@@ -147,13 +146,4 @@ def _fused(x: Tensor) -> bool:
             and not torch.is_autocast_enabled(x.device.type))
 
 
-def _served_device() -> Optional[str]:
-    """The active backend's device type where an implementation serves the op, else None.
-    torch.compile runs this once while tracing (choosing may load plugins and libraries,
-    which it cannot trace) and keeps the answer: set PORTKIT_OPS before compiling."""
-    return runtime.active().device_type if registry.serves("gelu_mlp_fwd") else None
-
-
-# torch.compiler.assume_constant_result's mark, set without importing torch._dynamo (and
-# triton) with portkit.ops; test_ops_mlp checks that the GPT still compiles in one graph
-_served_device._dynamo_marked_constant = True
+_served_device = served_device("gelu_mlp_fwd")
