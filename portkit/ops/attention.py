@@ -28,7 +28,7 @@ def _scores(q: Tensor, k: Tensor, scale: float) -> Tensor:
     return s.masked_fill(~causal, float("-inf"))
 
 
-@registry.reference("causal_attention_fwd")
+@registry.reference("causal_attention_fwd", unserved="torch sdpa")
 def causal_attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     s = _scores(q, k, scale)
     lse = torch.logsumexp(s, -1)
@@ -36,7 +36,7 @@ def causal_attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple
     return out.to(q.dtype), lse
 
 
-@registry.reference("causal_attention_bwd")
+@registry.reference("causal_attention_bwd", unserved="torch sdpa")
 def causal_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                          scale: float) -> tuple[Tensor, Tensor, Tensor]:
     p = torch.exp(_scores(q, k, scale) - lse.unsqueeze(-1))

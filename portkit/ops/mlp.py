@@ -30,7 +30,7 @@ def _empty(t: Tensor) -> Tensor:
     return t.new_empty(0)
 
 
-@registry.reference("gelu_mlp_fwd")
+@registry.reference("gelu_mlp_fwd", unserved="linears+bias_gelu")
 def gelu_mlp_fwd(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor]):
     """-> y (N, D), z (N, F), h (N, F); GeLU in fp32."""
     z = F.linear(x, w1, b1)
@@ -38,7 +38,7 @@ def gelu_mlp_fwd(x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Op
     return F.linear(h, w2, b2), z, h
 
 
-@registry.reference("gelu_mlp_bwd")
+@registry.reference("gelu_mlp_bwd", unserved="linears+bias_gelu")
 def gelu_mlp_bwd(dy: Tensor, x: Tensor, z: Tensor, h: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor,
                  b2: Optional[Tensor]):
     """-> dx, dw1, db1, dw2, db2; the GeLU gradient and the bias sums in fp32."""

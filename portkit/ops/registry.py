@@ -29,18 +29,21 @@ class OpImpl:
 
 
 _references: dict[str, Callable] = {}
+_unserved: dict[str, str] = {}  # op -> what its public function calls where nothing serves it
 _impls: dict[str, list[OpImpl]] = {}
 _cache: dict[tuple[str, str], Callable] = {}
 _plugins_loaded = False
 _mode: str | None = None
 
 
-def reference(op: str):
-    """Decorator: the torch reference of `op` (one per op)."""
+def reference(op: str, unserved: str = "reference"):
+    """Decorator: the torch reference of `op` (one per op). `unserved` names what the public
+    function calls where no implementation serves `op`, when that is not this reference (doctor
+    shows it as the op's selection)."""
     def wrap(fn: Callable) -> Callable:
         if op in _references:
             raise ValueError(f"op {op!r} already has a reference: {_references[op].__qualname__}")
-        _references[op] = fn
+        _references[op], _unserved[op] = fn, unserved
         return fn
     return wrap
 
@@ -130,5 +133,5 @@ def table(backend: Backend | None = None) -> list[dict]:
     for op in sorted(_references):
         chosen = choose(op, backend)
         rows.append({"op": op, "implementations": [i.name for i in _impls.get(op, [])] + ["reference"],
-                     "selected": chosen.name if chosen else "reference"})
+                     "selected": chosen.name if chosen else _unserved[op]})
     return rows

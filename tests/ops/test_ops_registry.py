@@ -87,7 +87,9 @@ def test_the_builtin_triton_plugin_registers_every_op_for_triton_backends(impls)
         assert rows[op]["selected"] == "reference"  # the CPU backend has no Triton
     for op in ("gelu_mlp_fwd", "gelu_mlp_bwd"):  # cuBLASLt's epilogues, offered by CUDA builds only
         assert [n for n in rows[op]["implementations"] if not n.startswith("testvendor.")] == ["cublaslt", "reference"]
-        assert rows[op]["selected"] == "reference"
+        assert rows[op]["selected"] == "linears+bias_gelu"  # what ops.gelu_mlp calls unserved
+    for op in ("causal_attention_fwd", "causal_attention_bwd"):  # unserved, ops.causal_attention is SDPA
+        assert rows[op]["selected"] == "torch sdpa"
     impl = impls._impls["rms_norm_fwd"][0]
     assert isinstance(impl.fn, LazyKernel) and impl.priority == 10
     assert impl.predicate(portkit.backend()) is False
