@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from portkit.ops import registry
+from portkit.ops.registry import OpImpl
 
 # max |a - b| / max |b| allowed when comparing an implementation with the reference
 TOL = {torch.float32: 1e-5, torch.float64: 1e-6, torch.float16: 4e-3, torch.bfloat16: 2e-2}
@@ -92,6 +93,25 @@ def impls(monkeypatch):
     yield registry
     registry._cache.clear()
 
+
+
+@pytest.fixture
+def serve_counting(impls):
+    """serve_counting(op -> reference) registers, for the CPU, a wrapper of each reference that
+    records its op's name, and returns the list of calls. The predicate runs a torch op and
+    defines a class, as loading a real implementation's library does: torch.compile can trace
+    neither, so an op must choose its implementation outside the trace."""
+    def predicate(backend):
+        class Loaded:  # noqa: F841  (torch.compile cannot trace a class statement)
+            pass
+        return bool(torch.ones(1).sum() > 0) and backend.device_type == "cpu"
+
+    def serve(references):
+        calls = []
+        for op, ref in references.items():
+            impls.register(OpImpl(op, lambda *a, op=op, ref=ref: calls.append(op) or ref(*a), predicate, 99, "test"))
+        return calls
+    return serve
 
 @pytest.fixture
 def gpt_one_graph():

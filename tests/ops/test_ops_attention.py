@@ -39,14 +39,10 @@ def test_references_match_autograd_of_sdpa(close):
 
 
 @pytest.fixture
-def served(impls):
+def served(serve_counting):
     """causal_attention served on the CPU by counting wrappers of the references."""
-    calls = []
-    for op, ref in (("causal_attention_fwd", attention.causal_attention_fwd),
-                    ("causal_attention_bwd", attention.causal_attention_bwd)):
-        impls.register(ops.OpImpl(op, lambda *a, op=op, ref=ref: calls.append(op) or ref(*a),
-                                  lambda b: b.device_type == "cpu", 99, "test"))
-    return calls
+    return serve_counting({"causal_attention_fwd": attention.causal_attention_fwd,
+                           "causal_attention_bwd": attention.causal_attention_bwd})
 
 
 @pytest.mark.parametrize("compiled", [False, True])

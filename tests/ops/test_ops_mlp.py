@@ -42,19 +42,9 @@ def test_references_match_autograd_of_the_composition(bias, close):
 
 
 @pytest.fixture
-def served(impls):
-    """gelu_mlp served on the CPU by counting wrappers of the references; their predicate
-    runs a torch op and defines a class, as loading a real implementation's library does."""
-    calls = []
-
-    def predicate(backend):
-        class Loaded:  # noqa: F841  (torch.compile cannot trace a class statement)
-            pass
-        return bool(torch.ones(1).sum() > 0) and backend.device_type == "cpu"
-
-    for op, ref in (("gelu_mlp_fwd", mlp.gelu_mlp_fwd), ("gelu_mlp_bwd", mlp.gelu_mlp_bwd)):
-        impls.register(ops.OpImpl(op, lambda *a, op=op, ref=ref: calls.append(op) or ref(*a), predicate, 99, "test"))
-    return calls
+def served(serve_counting):
+    """gelu_mlp served on the CPU by counting wrappers of the references."""
+    return serve_counting({"gelu_mlp_fwd": mlp.gelu_mlp_fwd, "gelu_mlp_bwd": mlp.gelu_mlp_bwd})
 
 
 @pytest.mark.parametrize("compiled", [False, True])
