@@ -2,10 +2,15 @@
 
 Builds `portkit bench train`'s portkit-compiled variant of the preset (default 1.3b), runs 6
 steps on its text batches, then profiles 2 and prints, per step, the sum of all kernels' device
-time and the 14 largest kernels (ms, calls). A step time above that sum is the device idling.
+time and the 14 largest kernels (ms, calls); then the 2 steps' span on the device from the first
+kernel's start to the last one's end, and the gaps over 20 us between kernels, the largest by
+the kernels that border them: the device idling inside the steps.
 Output: benchmarks/results/step-kernels-*.log.
 """
+import collections
+import json
 import sys
+import tempfile
 
 import torch
 
@@ -23,7 +28,7 @@ print(label, "attention served:", registry.serves("causal_attention_fwd"))
 for i in range(6):
     bt.train_step(b, data[i, :, :-1], data[i, :, 1:], i)
 torch.cuda.synchronize()
-with profile(activities=[ProfilerActivity.CUDA]) as prof:
+with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
     for i in range(6, 8):
         bt.train_step(b, data[i, :, :-1], data[i, :, 1:], i)
     torch.cuda.synchronize()
@@ -31,3 +36,19 @@ rows = [e for e in prof.key_averages() if e.device_time_total > 0]
 print(f"{label}: kernel time {sum(e.self_device_time_total for e in rows) / 2e3:.1f} ms a step")
 for e in sorted(rows, key=lambda e: -e.self_device_time_total)[:14]:
     print(f"  {e.self_device_time_total / 2e3:7.2f} ms  {e.count // 2:4d}x  {e.key[:110]}")
+
+with tempfile.NamedTemporaryFile(suffix=".json") as f:
+    prof.export_chrome_trace(f.name)
+    events = json.load(open(f.name))["traceEvents"]
+work = sorted((e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy")),
+              key=lambda e: e["ts"])
+gaps, end, last = collections.Counter(), work[0]["ts"] + work[0]["dur"], work[0]
+for e in work[1:]:
+    if e["ts"] - end > 20:
+        gaps[(last["name"][:60], e["name"][:60])] += e["ts"] - end
+    if e["ts"] + e["dur"] > end:
+        end, last = e["ts"] + e["dur"], e
+print(f"{label}: 2 steps span {(end - work[0]['ts']) / 1e3:.1f} ms, {len(work)} kernels, "
+      f"gaps over 20 us {sum(gaps.values()) / 1e3:.2f} ms")
+for (before, after), us in gaps.most_common(12):
+    print(f"  {us / 1e3:6.2f} ms  after {before} | before {after}")
