@@ -58,6 +58,7 @@ import statistics
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -374,11 +375,13 @@ def _train(variant: str, p: Preset, batch: int, seq: int, ta: TrainArgs) -> dict
         host.append(time.perf_counter() - t)
     for i in range(ta.warmup):
         step(i)
+    clocks = Clocks(portkit.backend().module)  # its first read (NVML starting) before the timer
     portkit.synchronize()
     t = time.perf_counter()
-    for i in range(ta.warmup, ta.warmup + ta.steps):  # as a training loop runs: one sync at the end
-        step(i)
-    portkit.synchronize()
+    with clocks:
+        for i in range(ta.warmup, ta.warmup + ta.steps):  # as a training loop runs: one sync at the end
+            step(i)
+        portkit.synchronize()
     loop_s = (time.perf_counter() - t) / ta.steps
     synced = []
     for i in range(ta.warmup + ta.steps, ta.warmup + 2 * ta.steps):
@@ -387,7 +390,51 @@ def _train(variant: str, p: Preset, batch: int, seq: int, ta: TrainArgs) -> dict
         portkit.synchronize()
         synced.append(time.perf_counter() - t)
     row = _row(b, p, batch, seq, loop_s, synced, host[-ta.steps:], torch.stack(losses).float().tolist())
-    return {**row, "compiled": variant.endswith("compiled")}
+    return {**row, **clocks.means(), "compiled": variant.endswith("compiled")}
+
+
+class Clocks:
+    """The device's SM clock (MHz) and power draw (W), read every INTERVAL seconds on a thread
+    while the `with` block runs, where the device module reads them (torch.cuda through NVML
+    or AMD SMI); their means, or None where they cannot be read (the CPU, no NVML library).
+    Runs of one build whose step times differ with these means differ by the card, not the code."""
+    INTERVAL = 0.05
+
+    def __init__(self, module):
+        self.read, self.samples = _clock_reader(module), []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.INTERVAL):
+            self.samples.append(self.read())
+
+    def __enter__(self) -> "Clocks":
+        if self.read is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+
+    def means(self) -> dict:
+        if not self.samples:
+            return {"sm_clock_mhz": None, "power_w": None}
+        return {key: round(statistics.fmean(s[i] for s in self.samples), 1)
+                for i, key in enumerate(("sm_clock_mhz", "power_w"))}
+
+
+def _clock_reader(module) -> Optional[Callable[[], tuple[float, float]]]:
+    clock, power = getattr(module, "clock_rate", None), getattr(module, "power_draw", None)
+    if clock is None or power is None:
+        return None
+    try:
+        clock(), power()
+    except Exception:  # torch raises what NVML or AMD SMI raises when missing or unsupported
+        return None
+    return lambda: (clock(), power() / 1000)  # MHz, mW -> W
 
 
 def _row(b: Built, p: Preset, batch: int, seq: int, loop_s: float, synced: list[float], host: list[float],
@@ -531,7 +578,8 @@ def run(ta: TrainArgs, command: str, progress: Callable[[str], None] = lambda s:
 
 
 TIMING = ("each variant in a fresh process; step_ms: mean over `steps` steps with one synchronisation at the end "
-          "(tokens/s, MFU from it); synced_step_ms: median of `steps` steps each synchronised; with --repeats, "
+          "(tokens/s, MFU from it; sm_clock_mhz, power_w: the device's means over those steps, where readable); "
+          "synced_step_ms: median of `steps` steps each synchronised; with --repeats, "
           "each variant's run of median step_ms (rounds in rotated order; runs_step_ms: every run's)")
 DATA = (f"bytes of the Python standard library's source, not repeated; the same weights (seed 0) on every side; "
         f"lr {LR} warmed up over {LR_WARMUP} steps")
@@ -587,8 +635,14 @@ def table_rows(report: dict) -> list[list[str]]:
         synced, host = (f"{r[k]:.1f}" if k in r else "-" for k in ("synced_step_ms", "host_ms"))  # older reports
         rows.append([r["model"], r["variant"], f"{r['batch']}x{r['seq']}", f"{r['step_ms']:.1f}", synced, host,
                      f"{r['tokens_per_s']:,.0f}", f"{r['tflops']:.1f}", mfu, mem, f"{r['final_loss']:.3f}",
-                     r["precision"]])
+                     r["precision"] + _clocks_note(r)])
     return rows
+
+
+def _clocks_note(r: dict) -> str:
+    if r.get("sm_clock_mhz") is None:  # unreadable here, or an older report
+        return ""
+    return f", {r['sm_clock_mhz']:.0f} MHz {r['power_w']:.0f} W"
 
 
 def convergence_lines(report: dict) -> list[str]:

@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -48,6 +49,7 @@ def test_every_variant_has_a_finite_throughput_and_a_verdict(report):
         assert math.isfinite(x["tokens_per_s"]) and x["tokens_per_s"] > 0, x
         assert x["synced_step_ms"] > 0 and len(x["losses"]) == 1 + 2 * 2  # warmup + loop + synced steps
         assert x["mfu"] is None and x["peak_bytes"] is None  # the CPU has neither
+        assert x["sm_clock_mhz"] is None and x["power_w"] is None  # nor clocks to read
         assert x["variant"] in stdout
     by = {x["variant"]: x for x in r["results"]}
     assert by["portkit"]["params"] == by["native-eager"]["params"]  # the same model in both codes
@@ -91,6 +93,40 @@ def test_flops_per_token_counts_weights_and_attention():
     model = bench.NativeGPT(p, 16)
     n = sum(q.numel() for q in model.parameters()) - 16 * p.n_embd  # without wpe
     assert bench.flops_per_token(model, p, 16) == 6 * n + 12 * p.n_layer * p.n_embd * 16
+
+
+def test_clocks_are_the_means_of_what_the_device_reads_while_the_loop_runs(monkeypatch):
+    from types import SimpleNamespace
+    samples = [(1980, 500_000)] + [(1755, 700_000), (1845, 650_000)] * 2  # MHz, mW
+    reads = {"clock": 0, "power": 0}
+
+    def read(key, i):
+        value = samples[min(reads[key], len(samples) - 1)][i]
+        reads[key] += 1
+        return value
+    module = SimpleNamespace(clock_rate=lambda: read("clock", 0), power_draw=lambda: read("power", 1))
+    monkeypatch.setattr(bench.Clocks, "INTERVAL", 0.001)
+    with bench.Clocks(module) as clocks:
+        deadline = time.monotonic() + 10
+        while len(clocks.samples) < 4 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    # the first read (1980 MHz, 500 W) only probed that the module reads; then mW -> W
+    assert clocks.samples[:4] == [(1755, 700.0), (1845, 650.0), (1755, 700.0), (1845, 650.0)]
+    means = clocks.means()
+    assert 1755 < means["sm_clock_mhz"] < 1845 and 650 < means["power_w"] < 700
+    assert bench._clocks_note({"sm_clock_mhz": 1800.4, "power_w": 675.2}) == ", 1800 MHz 675 W"  # the table's note
+
+
+def test_clocks_that_cannot_be_read_are_none(monkeypatch):
+    from types import SimpleNamespace
+
+    def no_nvml():
+        raise ModuleNotFoundError("pynvml does not seem to be installed")
+    for module in (SimpleNamespace(), SimpleNamespace(clock_rate=no_nvml, power_draw=no_nvml)):
+        with bench.Clocks(module) as clocks:
+            pass
+        assert clocks.means() == {"sm_clock_mhz": None, "power_w": None}
+    assert bench._clocks_note(clocks.means()) == ""
 
 
 def test_bad_variant_names_the_choices(tmp_path):
