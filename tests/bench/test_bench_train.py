@@ -117,7 +117,7 @@ def test_clocks_are_the_means_of_what_the_device_reads_while_the_loop_runs(monke
     assert bench._clocks_note({"sm_clock_mhz": 1800.4, "power_w": 675.2}) == ", 1800 MHz 675 W"  # the table's note
 
 
-def test_clocks_that_cannot_be_read_are_none(monkeypatch):
+def test_clocks_that_cannot_be_read_are_none():
     from types import SimpleNamespace
 
     def no_nvml():
