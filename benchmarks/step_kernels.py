@@ -12,8 +12,6 @@ import json
 import sys
 import tempfile
 
-import torch
-
 import portkit
 from portkit.bench import train as bt
 from portkit.ops import registry
@@ -27,19 +25,20 @@ b = bt.build("portkit-compiled", p, p.seq, "inductor")
 print(label, "attention served:", registry.serves("causal_attention_fwd"))
 for i in range(6):
     bt.train_step(b, data[i, :, :-1], data[i, :, 1:], i)
-torch.cuda.synchronize()
+portkit.synchronize()
 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
     for i in range(6, 8):
         bt.train_step(b, data[i, :, :-1], data[i, :, 1:], i)
-    torch.cuda.synchronize()
+    portkit.synchronize()
 rows = [e for e in prof.key_averages() if e.device_time_total > 0]
 print(f"{label}: kernel time {sum(e.self_device_time_total for e in rows) / 2e3:.1f} ms a step")
 for e in sorted(rows, key=lambda e: -e.self_device_time_total)[:14]:
     print(f"  {e.self_device_time_total / 2e3:7.2f} ms  {e.count // 2:4d}x  {e.key[:110]}")
 
 with tempfile.NamedTemporaryFile(suffix=".json") as f:
-    prof.export_chrome_trace(f.name)
-    events = json.load(open(f.name))["traceEvents"]
+    prof.export_chrome_trace(f.name)  # read back by name: the export does not write through this handle
+    with open(f.name) as trace:
+        events = json.load(trace)["traceEvents"]
 work = sorted((e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy")),
               key=lambda e: e["ts"])
 gaps, end, last = collections.Counter(), work[0]["ts"] + work[0]["dur"], work[0]

@@ -94,7 +94,6 @@ def impls(monkeypatch):
     registry._cache.clear()
 
 
-
 @pytest.fixture
 def serve_counting(impls):
     """serve_counting(op -> reference) registers, for the CPU, a wrapper of each reference that
@@ -112,6 +111,7 @@ def serve_counting(impls):
             impls.register(OpImpl(op, lambda *a, op=op, ref=ref: calls.append(op) or ref(*a), predicate, 99, "test"))
         return calls
     return serve
+
 
 @pytest.fixture
 def gpt_one_graph():
