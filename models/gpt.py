@@ -85,7 +85,9 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v)  # (B, nh, Tk, hs): the keys and values so far
         p = self.dropout if self.training else 0.0
-        if mask is None and cache is None and p == 0.0:  # (B, T, nh, hs) views in and out
+        if mask is None and cache is None and p == 0.0 and rope is None:  # one gradient for the qkv projection
+            y = ops.causal_attention_packed(qkv.view(B, T, nh, 3, self.head_dim))
+        elif mask is None and cache is None and p == 0.0:  # (B, T, nh, hs) views in and out
             y = ops.causal_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None).transpose(1, 2)

@@ -18,11 +18,11 @@ from portkit.ops.registry import OpImpl, set_mode
 from portkit.ops.norms import add_layer_norm, add_rms_norm, layer_norm, rms_norm
 from portkit.ops.activations import bias_gelu, swiglu
 from portkit.ops.mlp import gelu_mlp
-from portkit.ops.attention import causal_attention
+from portkit.ops.attention import causal_attention, causal_attention_packed
 from portkit.ops.rotary import rotary, rotary_tables
 from portkit.ops.softmax import scaled_masked_softmax
 from portkit.ops.cross_entropy import linear_cross_entropy
 from portkit.ops.adamw import FusedAdamW
 
-__all__ = ["OpImpl", "set_mode", "launchable", "rms_norm", "layer_norm", "add_rms_norm", "add_layer_norm", "bias_gelu", "swiglu", "gelu_mlp", "causal_attention", "rotary",
+__all__ = ["OpImpl", "set_mode", "launchable", "rms_norm", "layer_norm", "add_rms_norm", "add_layer_norm", "bias_gelu", "swiglu", "gelu_mlp", "causal_attention", "causal_attention_packed", "rotary",
            "rotary_tables", "scaled_masked_softmax", "linear_cross_entropy", "FusedAdamW"]

@@ -4,7 +4,9 @@ without a transpose.
 Registry ops, scale the softmax scale:
   "causal_attention_fwd" (q, k, v, scale) -> (out, lse): out (B, T, H, D), lse (B, H, T) fp32,
   the log-sum-exp of each query's scaled scores;
-  "causal_attention_bwd" (dout, q, k, v, out, lse, scale) -> (dq, dk, dv).
+  "causal_attention_bwd" (dout, q, k, v, out, lse, scale, dq=None, dk=None, dv=None) -> (dq, dk, dv),
+  written into dq, dk and dv where given (views of one packed gradient, not contiguous) and
+  returned.
 A backend's plugin serves them with its own flash-attention kernel; where none does,
 `causal_attention` is torch's scaled_dot_product_attention, which picks its own backend
 (cuDNN, flash, memory-efficient). The references below are plain fp32 math, the oracle of the
@@ -37,16 +39,17 @@ def causal_attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple
 
 
 @registry.reference("causal_attention_bwd", unserved="torch sdpa")
-def causal_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                         scale: float) -> tuple[Tensor, Tensor, Tensor]:
+def causal_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float,
+                         dq: Optional[Tensor] = None, dk: Optional[Tensor] = None,
+                         dv: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
     p = torch.exp(_scores(q, k, scale) - lse.unsqueeze(-1))
     do = dout.float()
-    dv = torch.einsum("bhts,bthd->bshd", p, do)
     delta = (do * out.float()).sum(-1).transpose(1, 2)  # (B, H, T)
     ds = p * (torch.einsum("bthd,bshd->bhts", do, v.float()) - delta.unsqueeze(-1)) * scale
-    dq = torch.einsum("bhts,bshd->bthd", ds, k.float())
-    dk = torch.einsum("bhts,bthd->bshd", ds, q.float())
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    grads = (torch.einsum("bhts,bshd->bthd", ds, k.float()), torch.einsum("bhts,bthd->bshd", ds, q.float()),
+             torch.einsum("bhts,bthd->bshd", p, do))
+    return tuple(g.to(t.dtype) if buf is None else buf.copy_(g)
+                 for g, t, buf in zip(grads, (q, k, v), (dq, dk, dv)))
 
 
 # -- the custom op (opaque to torch.compile: an implementation may call any kernel) --------
@@ -83,6 +86,54 @@ def _backward(ctx, dout, _dlse):
 
 
 _attention_fn = with_autograd(_attention, _backward, _setup)
+
+
+# -- q, k and v packed as a qkv projection gives them: the backward writes one gradient -----
+@custom_op("portkit::causal_attention_packed", traced=False)
+def _packed(qkv: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    q, k, v = qkv.unbind(3)
+    return pick("causal_attention_fwd", causal_attention_fwd, q)(q, k, v, scale)
+
+
+@_packed.register_fake
+def _(qkv, scale):
+    B, T, H, _, D = qkv.shape
+    return qkv.new_empty(B, T, H, D), qkv.new_empty(B, H, T, dtype=torch.float32)
+
+
+@custom_op("portkit::causal_attention_packed_backward", traced=False)
+def _packed_backward(dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, scale: float) -> Tensor:
+    dqkv = torch.empty_like(qkv)
+    q, k, v = qkv.unbind(3)
+    pick("causal_attention_bwd", causal_attention_bwd, q)(dout.contiguous(), q, k, v, out, lse, scale, *dqkv.unbind(3))
+    return dqkv
+
+
+@_packed_backward.register_fake
+def _(dout, qkv, out, lse, scale):
+    return torch.empty_like(qkv)
+
+
+def _packed_setup(ctx, inputs, output):
+    qkv, ctx.scale = inputs
+    ctx.save_for_backward(qkv, *output)
+
+
+def _packed_grad(ctx, dout, _dlse):
+    qkv, out, lse = ctx.saved_tensors
+    return call(ctx, _packed_backward)(dout, qkv, out, lse, ctx.scale), None
+
+
+_packed_fn = with_autograd(_packed, _packed_grad, _packed_setup)
+
+
+def causal_attention_packed(qkv: Tensor, scale: Optional[float] = None) -> Tensor:
+    """causal_attention of q, k, v = qkv.unbind(3) for qkv (B, T, H, 3, D), a qkv projection's
+    output viewed as heads: where an implementation serves the op, its backward writes dq, dk
+    and dv straight into one (B, T, H, 3, D) gradient instead of three to be assembled."""
+    if not _fused(qkv):
+        return causal_attention(*qkv.unbind(3), scale=scale)
+    return _packed_fn(qkv, qkv.shape[-1] ** -0.5 if scale is None else scale)[0]
 
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None) -> Tensor:

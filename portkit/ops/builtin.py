@@ -6,7 +6,10 @@ triton installed). Triton itself is imported on the first call, never at registr
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
+import sys
 
 from portkit.hookspecs import hookimpl
 
@@ -77,10 +80,37 @@ def runs_cublaslt(backend) -> bool:
 CUBLASLT = {"gelu_mlp_fwd": "lt_fwd", "gelu_mlp_bwd": "lt_bwd"}
 
 
+def runs_fa4(backend) -> bool:
+    """CUDA (not ROCm) on Hopper or Blackwell, with FlashAttention-4 (flash-attn-4) importable."""
+    import torch
+    if backend.device_type != "cuda" or torch.version.hip is not None or importlib.util.find_spec("flash_attn") is None:
+        return False  # flash_attn without .cute is FlashAttention-2's package
+    if importlib.util.find_spec("flash_attn.cute") is None or backend.module.get_device_capability()[0] not in (9, 10):
+        return False
+    return _imports("flash_attn.cute.interface", "flash-attn-4")
+
+
+@functools.lru_cache(maxsize=None)
+def _imports(module: str, package: str) -> bool:
+    """Whether `module` imports; if not, one stderr line says so and how to fix it."""
+    try:
+        importlib.import_module(module)
+    except Exception as e:  # any failure of a third-party import: the op keeps its fallback
+        print(f"portkit: {package} is installed but does not import ({type(e).__name__}: {e}); portkit "
+              f"keeps torch's op. Fix: reinstall {package} with the versions it requires", file=sys.stderr)
+        return False
+    return True
+
+
+# causal attention on (B, T, H, D) by FlashAttention-4's CuTe kernels
+FA4 = {"causal_attention_fwd": "fa4_fwd", "causal_attention_bwd": "fa4_bwd"}
+
+
 @hookimpl
 def portkit_register_ops():
     from portkit.ops import OpImpl  # registers the references the implementations attach to
     return ([OpImpl(op, LazyKernel(mod, fn), runs_triton, PRIORITY, NAME) for op, (mod, fn) in TABLE.items()]
             + [OpImpl(op, LazyKernel("norms_native", op), has_torch_kernels, priority, "aten")
                for op, priority in NATIVE.items()]
-            + [OpImpl(op, LazyKernel("mlp", fn), runs_cublaslt, 20, "cublaslt") for op, fn in CUBLASLT.items()])
+            + [OpImpl(op, LazyKernel("mlp", fn), runs_cublaslt, 20, "cublaslt") for op, fn in CUBLASLT.items()]
+            + [OpImpl(op, LazyKernel("attention_fa4", fn), runs_fa4, 20, "flash-attn-4") for op, fn in FA4.items()])
