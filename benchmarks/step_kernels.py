@@ -2,7 +2,8 @@
 
 Builds `portkit bench train`'s portkit-compiled variant of the preset (default 1.3b), runs 6
 steps on its text batches, then profiles 2 and prints, per step, the sum of all kernels' device
-time and the 14 largest kernels (ms, calls); then the 2 steps' span on the device from the first
+time and the 14 largest kernels by name (ms, calls; from the profiler's trace, so an
+op's kernels are not counted twice); then the 2 steps' span on the device from the first
 kernel's start to the last one's end, and the gaps over 20 us between kernels, the largest by
 the kernels that border them: the device idling inside the steps.
 Output: benchmarks/results/step-kernels-*.log.
@@ -30,17 +31,19 @@ with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
     for i in range(6, 8):
         bt.train_step(b, data[i, :, :-1], data[i, :, 1:], i)
     portkit.synchronize()
-rows = [e for e in prof.key_averages() if e.device_time_total > 0]
-print(f"{label}: kernel time {sum(e.self_device_time_total for e in rows) / 2e3:.1f} ms a step")
-for e in sorted(rows, key=lambda e: -e.self_device_time_total)[:14]:
-    print(f"  {e.self_device_time_total / 2e3:7.2f} ms  {e.count // 2:4d}x  {e.key[:110]}")
-
 with tempfile.NamedTemporaryFile(suffix=".json") as f:
     prof.export_chrome_trace(f.name)  # read back by name: the export does not write through this handle
     with open(f.name) as trace:
         events = json.load(trace)["traceEvents"]
 work = sorted((e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy")),
               key=lambda e: e["ts"])
+time, calls = collections.Counter(), collections.Counter()
+for e in work:
+    time[e["name"][:110]] += e["dur"]
+    calls[e["name"][:110]] += 1
+print(f"{label}: kernel time {sum(time.values()) / 2e3:.1f} ms a step")
+for name, us in time.most_common(14):
+    print(f"  {us / 2e3:7.2f} ms  {calls[name] // 2:4d}x  {name}")
 gaps, end, last = collections.Counter(), work[0]["ts"] + work[0]["dur"], work[0]
 for e in work[1:]:
     if e["ts"] - end > 20:
