@@ -5,7 +5,8 @@ steps on its text batches, then profiles 2 and prints, per step, the sum of all 
 time and the 14 largest kernels by name (ms, calls; from the profiler's trace, so an
 op's kernels are not counted twice); then the 2 steps' span on the device from the first
 kernel's start to the last one's end, and the gaps over 20 us between kernels, the largest by
-the kernels that border them: the device idling inside the steps.
+the kernels that border them: the device idling inside the steps. Also the mean SM clock and
+power over the profiled steps, as `bench train` reports them for its loop.
 Output: benchmarks/results/step-kernels-*.log.
 """
 import collections
@@ -27,16 +28,20 @@ print(label, "attention served:", registry.serves("causal_attention_fwd"))
 for i in range(6):
     bt.train_step(b, data[i, :, :-1], data[i, :, 1:], i)
 portkit.synchronize()
-with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+clocks = bt.Clocks(portkit.backend().module)  # the clock a short profile runs at, beside bench train's loop
+with clocks, profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
     for i in range(6, 8):
         bt.train_step(b, data[i, :, :-1], data[i, :, 1:], i)
     portkit.synchronize()
+print(label, "SM clock and power over the profiled steps:", clocks.means())
 with tempfile.NamedTemporaryFile(suffix=".json") as f:
     prof.export_chrome_trace(f.name)  # read back by name: the export does not write through this handle
     with open(f.name) as trace:
         events = json.load(trace)["traceEvents"]
 work = sorted((e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy")),
               key=lambda e: e["ts"])
+if not work:
+    sys.exit(f"{label}: no device kernels in the trace (this profiles a GPU's steps)")
 time, calls = collections.Counter(), collections.Counter()
 for e in work:
     time[e["name"][:110]] += e["dur"]
