@@ -131,8 +131,8 @@ def causal_attention_packed(qkv: Tensor, scale: Optional[float] = None) -> Tenso
     """causal_attention of q, k, v = qkv.unbind(3) for qkv (B, T, H, 3, D), a qkv projection's
     output viewed as heads: where an implementation serves the op, its backward writes dq, dk
     and dv straight into one (B, T, H, 3, D) gradient instead of three to be assembled."""
-    if not _fused(qkv):
-        return causal_attention(*qkv.unbind(3), scale=scale)
+    if not _fused(qkv):  # selects, not unbind: the backward torch.compile made before this op existed
+        return causal_attention(*qkv.permute(3, 0, 1, 2, 4), scale=scale)
     return _packed_fn(qkv, qkv.shape[-1] ** -0.5 if scale is None else scale)[0]
 
 
