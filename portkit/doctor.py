@@ -20,7 +20,8 @@ from portkit.plugins import guarded
 # distribution -> module it installs; versions come from metadata, nothing is imported.
 FRAMEWORKS = {"torch": "torch", "deepspeed": "deepspeed", "colossalai": "colossalai",
               "megatron-core": "megatron.core", "apex": "apex", "triton": "triton",
-              "torch-npu": "torch_npu", "torch-mlu": "torch_mlu", "transformers": "transformers"}
+              "torch-npu": "torch_npu", "torch-mlu": "torch_mlu", "transformers": "transformers",
+              "flash-attn-4": "flash_attn.cute"}
 KEYS = ("backends", "selected", "plugins", "frameworks", "patches", "ops", "checks", "plugin_errors", "readiness")
 
 
