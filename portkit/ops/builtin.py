@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
+import importlib.metadata
 import sys
 
 from portkit.hookspecs import hookimpl
@@ -83,11 +83,13 @@ CUBLASLT = {"gelu_mlp_fwd": "lt_fwd", "gelu_mlp_bwd": "lt_bwd"}
 def runs_fa4(backend) -> bool:
     """CUDA (not ROCm) on Hopper or Blackwell, with FlashAttention-4 (flash-attn-4) importable."""
     import torch
-    if backend.device_type != "cuda" or torch.version.hip is not None or importlib.util.find_spec("flash_attn") is None:
-        return False  # flash_attn without .cute is FlashAttention-2's package
-    if importlib.util.find_spec("flash_attn.cute") is None or backend.module.get_device_capability()[0] not in (9, 10):
+    if backend.device_type != "cuda" or torch.version.hip is not None:
         return False
-    return _imports("flash_attn.cute.interface", "flash-attn-4")
+    try:  # the distribution, not the module: FlashAttention-2's package is also `flash_attn`
+        importlib.metadata.version("flash-attn-4")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return backend.module.get_device_capability()[0] in (9, 10) and _imports("flash_attn.cute.interface", "flash-attn-4")
 
 
 @functools.lru_cache(maxsize=None)

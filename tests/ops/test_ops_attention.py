@@ -101,12 +101,20 @@ def test_unserved_or_fp32_take_sdpa_and_masks_keep_it(served, close):
 
 
 def test_flash_attention_4_is_offered_only_on_cuda_with_the_package(monkeypatch):
+    import importlib.metadata
     from types import SimpleNamespace
+
+    def missing(dist):
+        raise importlib.metadata.PackageNotFoundError(dist)
+    hopper = SimpleNamespace(device_type="cuda", module=SimpleNamespace(get_device_capability=lambda: (9, 0)))
+    ampere = SimpleNamespace(device_type="cuda", module=SimpleNamespace(get_device_capability=lambda: (8, 0)))
+    monkeypatch.setattr(builtin, "_imports", lambda module, package: module == "flash_attn.cute.interface")
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: "4.0.0b15" if dist == "flash-attn-4" else missing(dist))
+    assert builtin.runs_fa4(hopper) is True
+    assert builtin.runs_fa4(ampere) is False
     assert builtin.runs_fa4(SimpleNamespace(device_type="cpu")) is False
-    backend = SimpleNamespace(device_type="cuda", module=None)  # module unused: find_spec answers first
-    import importlib.util
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
-    assert builtin.runs_fa4(backend) is False
+    monkeypatch.setattr(importlib.metadata, "version", missing)  # `flash_attn` alone is FlashAttention-2's package
+    assert builtin.runs_fa4(hopper) is False
 
 
 def test_a_package_that_fails_to_import_is_said_in_one_line_and_not_used(tmp_path, monkeypatch, capsys):
