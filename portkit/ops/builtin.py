@@ -12,6 +12,7 @@ import importlib.metadata
 import sys
 
 from portkit.hookspecs import hookimpl
+from portkit.plugins import guarded
 
 PRIORITY = 10
 NAME = "triton"
@@ -95,13 +96,11 @@ def runs_fa4(backend) -> bool:
 @functools.lru_cache(maxsize=None)
 def _imports(module: str, package: str) -> bool:
     """Whether `module` imports; if not, one stderr line says so and how to fix it."""
-    try:
-        importlib.import_module(module)
-    except Exception as e:  # any failure of a third-party import: the op keeps its fallback
-        print(f"portkit: {package} is installed but does not import ({type(e).__name__}: {e}); portkit "
-              f"keeps torch's op. Fix: reinstall {package} with the versions it requires", file=sys.stderr)
-        return False
-    return True
+    _, failure = guarded(importlib.import_module, module)  # whatever a third-party import raises
+    if failure:
+        print(f"portkit: {package} is installed but does not import ({failure}); portkit keeps torch's op. "
+              f"Fix: reinstall {package} with the versions it requires", file=sys.stderr)
+    return failure is None
 
 
 # causal attention on (B, T, H, D) by FlashAttention-4's CuTe kernels
