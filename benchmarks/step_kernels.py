@@ -42,13 +42,13 @@ work = sorted((e for e in events if e.get("ph") == "X" and e.get("cat") in ("ker
               key=lambda e: e["ts"])
 if not work:
     sys.exit(f"{label}: no device kernels in the trace (this profiles a GPU's steps)")
-time, calls = collections.Counter(), collections.Counter()
+device_us, calls = collections.Counter(), collections.Counter()
 for e in work:
-    time[e["name"][:110]] += e["dur"]
+    device_us[e["name"][:110]] += e["dur"]
     calls[e["name"][:110]] += 1
-print(f"{label}: kernel time {sum(time.values()) / 2e3:.1f} ms a step")
-for name, us in time.most_common(14):
-    print(f"  {us / 2e3:7.2f} ms  {calls[name] // 2:4d}x  {name}")
+print(f"{label}: kernel time {sum(device_us.values()) / 2e3:.1f} ms a step")
+for kernel, us in device_us.most_common(14):
+    print(f"  {us / 2e3:7.2f} ms  {calls[kernel] // 2:4d}x  {kernel}")
 gaps, end, last = collections.Counter(), work[0]["ts"] + work[0]["dur"], work[0]
 for e in work[1:]:
     if e["ts"] - end > 20:
