@@ -146,13 +146,15 @@ def losses_of(ctx: Context, cmd: list[str], log: Path) -> list[float]:
 
 
 def reference_losses(ctx: Context, cmd: list[str], log: Path) -> list[float]:
-    """Losses of the plain-torch reference, run a second time if it fails: two gloo processes
-    sharing two loaded cores once aborted at exit (SIGABRT, torch alone). The backend's side
-    is never run twice."""
-    try:
-        return losses_of(ctx, cmd, log)
-    except RunFailed:
-        return losses_of(ctx, cmd, log.with_suffix(".again.log"))
+    """Losses of the plain-torch reference, run up to three times while it fails: two gloo
+    processes sharing two loaded cores abort at exit now and then (SIGABRT, torch alone; twice
+    in a row once). The backend's side is never run twice."""
+    for attempt in range(3):
+        try:
+            return losses_of(ctx, cmd, log.with_suffix(f".again{attempt}.log") if attempt else log)
+        except RunFailed:
+            if attempt == 2:
+                raise
 
 
 def compare(ctx: Context, name: str, got_cmd: list[str], want, rel: float) -> Check:

@@ -1,5 +1,6 @@
 """The `unchanged` conformance group on the cpu backend: the packaged CUDA-style scripts run
 through `portkit exec` / `portkit launch` with the losses of their hand edits for the CPU."""
+import collections
 from types import SimpleNamespace
 
 from portkit.backends.cpu import CPUBackend
@@ -55,21 +56,30 @@ def test_frameworks_not_installed_fail_as_missing_with_the_process_counts(tmp_pa
 
 
 def test_only_the_reference_runs_again_after_a_failure(tmp_path, monkeypatch):
-    """A plain-torch reference that aborts once is run again; a failing portkit side is not."""
-    runs, fail = [], set()
+    """A plain-torch reference that aborts is run again, up to three times in all; a failing
+    portkit side is not."""
+    runs, fail = [], collections.Counter()
 
     def run_killable(cmd, env, timeout, log):
         runs.append(cmd[0])
-        if cmd[0] in fail:
-            fail.discard(cmd[0])
+        if fail[cmd[0]]:
+            fail[cmd[0]] -= 1
             return -6, "aborted"
         return 0, '{"losses": [4.0]}'
     monkeypatch.setattr(unchanged, "run_killable", run_killable)
     ctx = Context(backend=CPUBackend(), workdir=tmp_path)
-    fail.add("reference")
+    fail["reference"] = 1
     assert unchanged.compare(ctx, "check", ["portkit"], ["reference"], 1e-4).ok
     assert runs == ["portkit", "reference", "reference"]
     runs.clear()
-    fail.add("portkit")
+    fail["reference"] = 2
+    assert unchanged.compare(ctx, "check", ["portkit"], ["reference"], 1e-4).ok
+    assert runs == ["portkit", "reference", "reference", "reference"]
+    runs.clear()
+    fail["reference"] = 3
+    check = unchanged.compare(ctx, "check", ["portkit"], ["reference"], 1e-4)
+    assert not check.ok and "exited -6" in check.reason and runs == ["portkit"] + ["reference"] * 3
+    runs.clear()
+    fail["portkit"] = 1
     check = unchanged.compare(ctx, "check", ["portkit"], ["reference"], 1e-4)
     assert not check.ok and "exited -6" in check.reason and runs == ["portkit"]
