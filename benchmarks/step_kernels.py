@@ -1,8 +1,9 @@
-"""Where a compiled training step's device time goes: `python3 benchmarks/step_kernels.py [model] [label]`.
+"""Where a compiled training step's device time goes:
+`python3 benchmarks/step_kernels.py [model] [label] [top]`.
 
 Builds `portkit bench train`'s portkit-compiled variant of the preset (default 1.3b), runs 6
 steps on its text batches, then profiles 2 and prints, per step, the sum of all kernels' device
-time and the 14 largest kernels by name (ms, calls; from the profiler's trace, so an
+time and the `top` (default 14) largest kernels by name (ms, calls; from the profiler's trace, so an
 op's kernels are not counted twice); then the 2 steps' span on the device from the first
 kernel's start to the last one's end, and the gaps over 20 us between kernels, the largest by
 the kernels that border them: the device idling inside the steps. Also the mean SM clock and
@@ -21,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 
 name = sys.argv[1] if len(sys.argv) > 1 else "1.3b"
 label = sys.argv[2] if len(sys.argv) > 2 else name
+top = int(sys.argv[3]) if len(sys.argv) > 3 else 14
 p = bt.PRESETS[name]
 data = bt.text_batches(8, p.batch, p.seq).to(portkit.device())
 b = bt.build("portkit-compiled", p, p.seq, "inductor")
@@ -47,7 +49,7 @@ for e in work:
     device_us[e["name"][:110]] += e["dur"]
     calls[e["name"][:110]] += 1
 print(f"{label}: kernel time {sum(device_us.values()) / 2e3:.1f} ms a step")
-for kernel, us in device_us.most_common(14):
+for kernel, us in device_us.most_common(top):
     print(f"  {us / 2e3:7.2f} ms  {calls[kernel] // 2:4d}x  {kernel}")
 gaps, end, last = collections.Counter(), work[0]["ts"] + work[0]["dur"], work[0]
 for e in work[1:]:
