@@ -74,7 +74,7 @@ def chunked_linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor,
     want = grad_scale is not None
     loss = hidden.new_empty(n, dtype=torch.float32)
     gh = torch.empty_like(hidden) if want else hidden.new_empty(0)
-    gw = torch.zeros_like(weight) if want else hidden.new_empty(0)
+    gw = torch.empty_like(weight) if want else hidden.new_empty(0)  # the first chunk writes it
     gb = torch.zeros(v, dtype=torch.float32, device=hidden.device) if want and bias is not None else None
     step = chunk_rows(n, d, v)
     chunk = hidden.new_empty(min(step, n), v)  # one buffer: a new chunk's logits never coexist with the last's
@@ -83,7 +83,7 @@ def chunked_linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor,
     # counts at a small model's width (26-64 chunks a step, host-bound)
     rows = zip(hidden.split(step), target.split(step), loss.split(step), gh.split(step) if want else repeat(None),
                grad_scale.split(step) if want and grad_scale.dim() else repeat(grad_scale))
-    for h, t, out, g, scale in rows:
+    for i, (h, t, out, g, scale) in enumerate(rows):
         logits = chunk if h.shape[0] == chunk.shape[0] else chunk[:h.shape[0]]  # (c, V)
         if bias is None:
             torch.mm(h, wt, out=logits)
@@ -92,7 +92,10 @@ def chunked_linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor,
         out.copy_(ce_chunk(logits, t, ignore_index, scale))
         if want:
             torch.mm(logits, weight, out=g)
-            gw.addmm_(logits.t(), h)
+            if i:
+                gw.addmm_(logits.t(), h)
+            else:  # no zeroed V x d buffer read back; an empty hidden is one empty chunk
+                torch.mm(logits.t(), h, out=gw)
             if gb is not None:
                 gb += logits.sum(0, dtype=torch.float32)
     gb = gb.to(bias.dtype) if gb is not None else hidden.new_empty(0)

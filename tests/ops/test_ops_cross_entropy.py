@@ -92,6 +92,20 @@ def test_weight_gradient_accumulates_in_the_weight_dtype_and_is_scaled_in_place(
         loss.backward()
 
 
+@pytest.mark.parametrize("n", [0, 37])
+def test_the_weight_gradient_never_reads_an_unwritten_buffer(n, monkeypatch, close, seeded):
+    """The first chunk writes grad_W into a fresh buffer (no zeroed V x d buffer read back);
+    with no rows at all it is zeros. Fresh buffers are NaN here, so a value never written shows."""
+    full = torch.full_like
+    monkeypatch.setattr(torch, "empty_like", lambda x, **kw: full(x, float("nan"), **kw))
+    h, w, t, b = _data(n, 4, 10, bias=True)
+    _, _, gw, gb = C.linear_cross_entropy_fwd(h, w, t, b, -100, torch.tensor(1.0))
+    logits = (h @ w.t() + b).requires_grad_()
+    F.cross_entropy(logits, t, reduction="sum").backward()
+    close(gw, logits.grad.t() @ h, torch.float32, "dw")
+    close(gb, logits.grad.sum(0), torch.float32, "db")
+
+
 def test_without_grad_no_gradients_are_computed(seeded):
     h, w, t, _ = _data(8, 4, 10)
     with torch.no_grad():
