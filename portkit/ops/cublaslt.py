@@ -6,9 +6,10 @@ torch exposes cuBLASLt's bias epilogue (addmm) but not the ones a GeLU MLP train
                  from one matmul (the unfused path writes z, then reads it to write h);
   DGELU          dz = (dy @ W2) * gelu'(z) from one matmul (the unfused path writes dh,
                  then reads dh and z to write dz);
-  BGRADB         a bias gradient summed while a weight-gradient matmul reads its input;
-  DGELU_BGRAD    DGELU with the bias gradient of dz: on the H200 it took twice DGELU's time,
-                 so portkit.ops.mlp takes b1's gradient with BGRADB instead.
+  BGRADB         a bias gradient summed while a weight-gradient matmul reads its input (on
+                 the H100 cuBLASLt ran it as a kernel of its own, slower than the Triton
+                 column sum portkit.ops.mlp uses instead);
+  DGELU_BGRAD    DGELU with the bias gradient of dz: on the H200 it took twice DGELU's time.
 cuBLASLt's GELU is the tanh approximation, as portkit's bias_gelu. CUDA builds only:
 hipBLASLt has the same epilogues under its own names and is not wired here.
 

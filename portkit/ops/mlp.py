@@ -5,10 +5,10 @@ Registry ops, rows x (N, D), w1 (F, D), w2 (D, F), biases optional:
   "gelu_mlp_fwd" (x, w1, b1, w2, b2) -> (y, z, h): z = x @ w1^T + b1, h = gelu_tanh(z);
   "gelu_mlp_bwd" (dy, x, z, h, w1, b1, w2, b2) -> (dx, dw1, db1, dw2, db2), an absent
   bias's gradient empty.
-On CUDA the "cublaslt" implementation puts bias + GeLU into the first matmul's epilogue, the
-GeLU gradient into the epilogue of the matmul that makes dh and b1's gradient into that of
-dw1's (portkit.ops.cublaslt); traffic saved a layer at N x F: the bias_gelu kernels' reads
-and writes of z, h and dh (5 N x F tensors). Where no implementation serves the op (ROCm, the
+On CUDA the "cublaslt" implementation puts bias + GeLU into the first matmul's epilogue and
+the GeLU gradient into the epilogue of the matmul that makes dh (portkit.ops.cublaslt); the
+bias gradients are Triton column sums (portkit.ops.reduce_triton). Traffic saved a layer at
+N x F: the bias_gelu kernels' reads and writes of z, h and dh (5 N x F tensors). Where no implementation serves the op (ROCm, the
 CPU, PORTKIT_OPS=reference), `gelu_mlp` is linear -> ops.bias_gelu -> linear, so the
 bias_gelu kernels still serve.
 """
@@ -72,18 +72,17 @@ def lt_fwd(x, w1, b1, w2, b2):
 
 
 def lt_bwd(dy, x, z, h, w1, b1, w2, b2):
-    """dz from the dgrad matmul's DGELU epilogue, db1 from dw1's BGRADB epilogue. DGELU_BGRAD
-    would give both at once, but on the H200 it took 1.83 ms where DGELU took 0.90
-    (16384 x 2048 @ 2048 x 8192); dw2 and db2 stay torch's (BGRADB was no faster there)."""
+    """dz from the dgrad matmul's DGELU epilogue; the bias gradients from portkit's Triton
+    column sum (reduce_triton). DGELU_BGRAD would give dz and db1 at once, but on the H200 it
+    took 1.83 ms where DGELU took 0.90 (16384 x 2048 @ 2048 x 8192); BGRADB on dw1's matmul
+    runs as a kernel of its own on the H100, slower than the column sum."""
+    from portkit.ops.reduce_triton import column_sum
+
     def run():
         dz = cublaslt.matmul(dy, w2, cublaslt.DGELU, None, z)
-        if b1 is not None:
-            db1 = x.new_empty(w1.shape[0])
-            dw1 = cublaslt.matmul(dz.t(), x, cublaslt.BGRADB, db1)
-        else:
-            db1, dw1 = _empty(x), dz.t() @ x
-        db2 = dy.sum(0) if b2 is not None else _empty(x)
-        return dz @ w1, dw1, db1, dy.t() @ h, db2
+        db1 = column_sum(dz).to(b1.dtype) if b1 is not None else _empty(x)
+        db2 = column_sum(dy).to(b2.dtype) if b2 is not None else _empty(x)
+        return dz @ w1, dz.t() @ x, db1, dy.t() @ h, db2
     return _or_reference(gelu_mlp_bwd, (dy, x, z, h, w1, b1, w2, b2), run)
 
 

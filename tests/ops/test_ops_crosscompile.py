@@ -30,7 +30,8 @@ def test_every_kernel_compiles_for(results, target):
     mine = [r for r in results if r.target == target]
     failed = "\n\n".join(f"{r.kernel}:\n{r.error}" for r in cc.failures(mine))
     assert not failed, f"portkit kernels that do not compile for {target}:\n{failed}"
-    assert {r.op for r in mine} == set(builtin.TABLE), "a registered op has no kernel launch in the check"
+    helpers = {"column_sum"}  # gelu_mlp's cuBLASLt path sums its bias gradients with this kernel
+    assert {r.op for r in mine} == set(builtin.TABLE) | helpers, "a Triton kernel has no launch in the check"
 
 
 def test_resources_and_occupancy_are_read_from_the_binaries(results):
