@@ -3,8 +3,8 @@
 
 Builds `portkit bench train`'s portkit-compiled variant of the preset (default 1.3b), runs 6
 steps on its text batches, then profiles 2 and prints, per step, the sum of all kernels' device
-time and the `top` (default 14) largest kernels by name (ms, calls; from the profiler's trace, so an
-op's kernels are not counted twice); then the 2 steps' span on the device from the first
+time and the `top` (default 14) largest kernels by name (ms, calls; from the profiler's trace,
+so an op's kernels are not counted twice); then the 2 steps' span on the device from the first
 kernel's start to the last one's end, and the gaps over 20 us between kernels, the largest by
 the kernels that border them: the device idling inside the steps. Also the mean SM clock and
 power over the profiled steps, as `bench train` reports them for its loop.

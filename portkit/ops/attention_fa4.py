@@ -1,10 +1,10 @@
 """The "flash-attn-4" implementation of causal_attention_fwd/bwd: FlashAttention-4's CuTe
 kernels (package flash-attn-4, module flash_attn.cute), SM90 and SM100 kernels compiled on
-a process's first call of each dtype and head dim, not per sequence length (13.5 s on an H100;
-FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 keeps them on disk). Its internal entry points are used because its autograd
-Function cannot run inside a custom op; their signatures read the same in flash-attn-4
-4.0.0b15 and 4.0.0b40 (fwd -> out, lse, ...; bwd -> dq, dk, dv, ...). Inputs its kernels
-cannot take run the fp32 reference, said once per reason on stderr.
+a process's first call of each dtype and head dim, not per sequence length (13.5 s on an
+H100; FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 keeps them on disk). Its internal entry points
+are used because its autograd Function cannot run inside a custom op; their signatures read
+the same in flash-attn-4 4.0.0b15 and 4.0.0b40 (fwd -> out, lse, ...; bwd -> dq, dk, dv, ...).
+Inputs its kernels cannot take run the fp32 reference, said once per reason on stderr.
 """
 from __future__ import annotations
 

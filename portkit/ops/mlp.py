@@ -8,9 +8,9 @@ Registry ops, rows x (N, D), w1 (F, D), w2 (D, F), biases optional:
 On CUDA the "cublaslt" implementation puts bias + GeLU into the first matmul's epilogue and
 the GeLU gradient into the epilogue of the matmul that makes dh (portkit.ops.cublaslt); the
 bias gradients are Triton column sums (portkit.ops.reduce_triton). Traffic saved a layer at
-N x F: the bias_gelu kernels' reads and writes of z, h and dh (5 N x F tensors). Where no implementation serves the op (ROCm, the
-CPU, PORTKIT_OPS=reference), `gelu_mlp` is linear -> ops.bias_gelu -> linear, so the
-bias_gelu kernels still serve.
+N x F: the bias_gelu kernels' reads and writes of z, h and dh (5 N x F tensors). Where no
+implementation serves the op (ROCm, the CPU, PORTKIT_OPS=reference), `gelu_mlp` is linear ->
+ops.bias_gelu -> linear, so the bias_gelu kernels still serve.
 """
 from __future__ import annotations
 
