@@ -161,3 +161,20 @@ def test_column_sum_kernel_matches_torch(kdev, close, shape, dtype, seeded):
     got = column_sum(x)
     assert got.dtype == torch.float32 and got.shape == (shape[1],)
     close(got, x.float().sum(0), torch.float32, "column sum", scale=4)
+
+
+def test_cublaslt_is_not_offered_without_triton(monkeypatch):
+    """Its backward sums the bias gradients with a Triton kernel: CUDA without triton keeps the composition."""
+    from portkit.backend import Capabilities
+    from portkit.ops import builtin
+
+    class Cuda:
+        device_type = "cuda"
+
+        def __init__(self, triton):
+            self.triton = triton
+
+        def capabilities(self):
+            return Capabilities(bf16=True, fp16=True, triton=self.triton)
+    monkeypatch.setattr(cublaslt, "available", lambda: True)
+    assert builtin.runs_cublaslt(Cuda(True)) and not builtin.runs_cublaslt(Cuda(False))
