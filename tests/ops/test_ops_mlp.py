@@ -178,3 +178,24 @@ def test_cublaslt_is_not_offered_without_triton(monkeypatch):
             return Capabilities(bf16=True, fp16=True, triton=self.triton)
     monkeypatch.setattr(cublaslt, "available", lambda: True)
     assert builtin.runs_cublaslt(Cuda(True)) and not builtin.runs_cublaslt(Cuda(False))
+
+
+@pytest.mark.parametrize("f", [2048, 6144, 8192])
+def test_column_sum_launches_one_wave(f):
+    """At most PROGRAMS_PER_SM programs a multiprocessor (an H100's 132): a 17th slab of the
+    1.3B MLP's 16384 x 8192 would run alone after the other 16."""
+    pytest.importorskip("triton")
+    from portkit.ops import reduce_triton
+    from portkit.ops._op import recording
+    from portkit.ops._triton_utils import Asked, asking
+    grids = []
+
+    class Record:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return lambda *args, **kwargs: None
+    with asking(Asked(hip=False, sms=132)), recording(lambda kernel: Record()):
+        reduce_triton.column_sum(torch.empty(16384, f, dtype=torch.bfloat16, device="meta"))
+    (slabs, blocks), = grids
+    assert blocks * reduce_triton.BLOCK_COLS >= f and slabs * blocks <= reduce_triton.PROGRAMS_PER_SM * 132
+    assert slabs * blocks > reduce_triton.PROGRAMS_PER_SM * 132 * 0.9  # and the wave is nearly full
