@@ -3,6 +3,8 @@ the pairing of each custom op (for torch.compile) with an autograd.Function (for
 from __future__ import annotations
 
 import contextlib
+import functools
+import sys
 import threading
 from typing import Callable
 
@@ -13,6 +15,13 @@ from torch._subclasses.functional_tensor import FunctionalTensor, FunctionalTens
 
 from portkit import runtime
 from portkit.ops import registry
+
+
+@functools.lru_cache(maxsize=None)
+def say_once(line: str) -> None:
+    """`line` on stderr the first time it comes: an implementation that hands a call to its
+    reference says why once, not on every call."""
+    print(line, file=sys.stderr)
 
 
 def pick(op: str, reference: Callable, t: Tensor) -> Callable:

@@ -8,15 +8,12 @@ Inputs its kernels cannot take run the fp32 reference, said once per reason on s
 """
 from __future__ import annotations
 
-import sys
-
 import torch
 from torch import Tensor
 
 from portkit import runtime
 from portkit.ops import attention
-
-_told: set[str] = set()
+from portkit.ops._op import say_once
 
 
 def unsupported(q: Tensor, k: Tensor, v: Tensor) -> str | None:
@@ -36,9 +33,7 @@ def _or_reference(q: Tensor, k: Tensor, v: Tensor, reference, args: tuple):
     why = unsupported(q, k, v)
     if why is None:
         return None
-    if why not in _told:
-        _told.add(why)
-        print(f"portkit.ops.causal_attention: {why}; this call runs the fp32 reference", file=sys.stderr)
+    say_once(f"portkit.ops.causal_attention: {why}; this call runs the fp32 reference")
     return reference(*args)
 
 

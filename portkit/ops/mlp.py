@@ -14,7 +14,6 @@ ops.bias_gelu -> linear, so the bias_gelu kernels still serve.
 """
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 import torch
@@ -22,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from portkit.ops import cublaslt, registry
-from portkit.ops._op import as_rows, call, check_vector, custom_op, eager_native, pick, served_device, with_autograd
+from portkit.ops._op import (as_rows, call, check_vector, custom_op, eager_native, pick, say_once, served_device,
+                             with_autograd)
 from portkit.ops.activations import _gelu_grad, bias_gelu
 
 
@@ -49,17 +49,12 @@ def gelu_mlp_bwd(dy: Tensor, x: Tensor, z: Tensor, h: Tensor, w1: Tensor, b1: Op
 
 
 # -- the cuBLASLt implementation -----------------------------------------------------------
-_told: set[str] = set()
-
-
 def _or_reference(reference, args: tuple, lt_call):
     """lt_call(), or the reference where cuBLASLt cannot take these inputs (said once per reason)."""
     try:
         return lt_call()
     except cublaslt.Unsupported as e:
-        if str(e) not in _told:
-            _told.add(str(e))
-            print(f"portkit.ops.gelu_mlp: {e}; this shape runs unfused", file=sys.stderr)
+        say_once(f"portkit.ops.gelu_mlp: {e}; this shape runs unfused")
         return reference(*args)
 
 
