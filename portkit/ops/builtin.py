@@ -46,6 +46,7 @@ class LazyKernel:
 
     def __init__(self, module: str, function: str):
         self.module, self.function, self._fn = module, function, None
+        self.__name__ = function
 
     def __call__(self, *args):
         if self._fn is None:

@@ -165,19 +165,14 @@ def test_column_sum_kernel_matches_torch(kdev, close, shape, dtype, seeded):
 
 def test_cublaslt_is_not_offered_without_triton(monkeypatch):
     """Its backward sums the bias gradients with a Triton kernel: CUDA without triton keeps the composition."""
+    from types import SimpleNamespace
     from portkit.backend import Capabilities
     from portkit.ops import builtin
 
-    class Cuda:
-        device_type = "cuda"
-
-        def __init__(self, triton):
-            self.triton = triton
-
-        def capabilities(self):
-            return Capabilities(bf16=True, fp16=True, triton=self.triton)
+    def cuda(triton):
+        return SimpleNamespace(device_type="cuda", capabilities=lambda: Capabilities(triton=triton))
     monkeypatch.setattr(cublaslt, "available", lambda: True)
-    assert builtin.runs_cublaslt(Cuda(True)) and not builtin.runs_cublaslt(Cuda(False))
+    assert builtin.runs_cublaslt(cuda(True)) and not builtin.runs_cublaslt(cuda(False))
 
 
 @pytest.mark.parametrize("f", [2048, 6144, 8192])
