@@ -2,13 +2,11 @@
 path (portkit.ops.mlp).
 
 Each program sums a slab of rows of a block of columns in fp32 registers and writes one
-partial row; torch adds the partials up (a few rows per column). In the 1.3B step on an H100
-(16384 x 8192 and 16384 x 2048 bf16) these sums run at about 2.3 TB/s, where cuBLASLt's BGRADB
-epilogue (a kernel of its own) ran at 1.8 and torch's sum at 1.5: 3.8 ms of a step's
-reductions instead of 4.5 (benchmarks/results/step-kernels-h100-1.3b-bias-grads-*.log).
-Inductor's own sums of such shapes reach about 2.9 TB/s. That run launched 544 programs for
-16384 x 8192 where 528 fit at once, 16 of them in a second wave; the launcher keeps to one wave
-since, not yet measured.
+partial row; torch adds the partials up (a few rows per column). At the 1.3B step's shapes on an
+H100 (16384 x 8192 and 16384 x 2048 bf16) a pair of them takes 0.126 ms, where torch's sums take
+0.141 and inductor's 0.134 (benchmarks/colsum_sweep.py, which picked the launch shape below:
+benchmarks/results/colsum-sweep-h100-2026-12-07.log); cuBLASLt's BGRADB epilogue, a kernel of its
+own, ran at 1.8 TB/s (benchmarks/results/step-kernels-h100-1.3b-bias-grads-*.log).
 """
 from __future__ import annotations
 
@@ -19,8 +17,8 @@ import triton.language as tl
 from portkit.ops._op import launchable
 from portkit.ops._triton_utils import sm_count
 
-BLOCK_ROWS, BLOCK_COLS, WARPS = 32, 256, 8
-PROGRAMS_PER_SM = 4  # resident at once (sm_90: 54 registers a thread, portkit.ops.crosscompile)
+BLOCK_ROWS, BLOCK_COLS, WARPS = 32, 128, 8  # benchmarks/colsum_sweep.py's best on an H100
+PROGRAMS_PER_SM = 4  # at most, one wave: sm_90 holds 6 at once (38 registers a thread, crosscompile)
 
 
 @triton.jit
