@@ -5,19 +5,18 @@ torch exposes cuBLASLt's bias epilogue (addmm) but not the ones a GeLU MLP train
   GELU_AUX_BIAS  h = gelu(x @ W1^T + b1), and z = x @ W1^T + b1 kept for the backward,
                  from one matmul (the unfused path writes z, then reads it to write h);
   DGELU          dz = (dy @ W2) * gelu'(z) from one matmul (the unfused path writes dh,
-                 then reads dh and z to write dz);
-  BGRADB         a bias gradient summed while a weight-gradient matmul reads its input (on
-                 the H100 cuBLASLt ran it as a kernel of its own, slower than the Triton
-                 column sum portkit.ops.mlp uses instead);
-  DGELU_BGRAD    DGELU with the bias gradient of dz: on the H200 it took twice DGELU's time.
+                 then reads dh and z to write dz).
+The bias-gradient epilogues (BGRADB, DGELU_BGRAD) are not bound: on the H100 BGRADB ran as a
+kernel of its own, slower than the Triton column sum portkit.ops.mlp uses, and on the H200
+DGELU_BGRAD took twice DGELU's time (docs/benchmarks.md).
 cuBLASLt's GELU is the tanh approximation, as portkit's bias_gelu. CUDA builds only:
 hipBLASLt has the same epilogues under its own names and is not wired here.
 
 `matmul(a, b, epilogue, bias, aux)` takes row-major torch tensors (a (M, K), b (K, N), each
 contiguous or the transpose of a contiguous tensor) and returns D = a @ b (M, N): in
-cuBLASLt's column-major terms D^T = b^T a^T, so the epilogue's per-row vectors (bias, bias
-gradient) run along D's last dimension. A plan (descriptors and the fastest of the
-heuristic's candidates, timed on the shape's first call) is built once per shape and kept.
+cuBLASLt's column-major terms D^T = b^T a^T, so the epilogue's bias runs along D's last
+dimension. A plan (descriptors and the fastest of the heuristic's candidates, timed on the
+shape's first call) is built once per shape and kept.
 Inputs it cannot take raise Unsupported; callers fall back to torch.
 """
 from __future__ import annotations
@@ -34,7 +33,7 @@ from torch import Tensor
 import portkit
 
 # cublasLtEpilogue_t
-DEFAULT, GELU_AUX, GELU_AUX_BIAS, DGELU, DGELU_BGRAD, BGRADB = 1, 160, 164, 192, 208, 512
+DEFAULT, GELU_AUX, GELU_AUX_BIAS, DGELU = 1, 160, 164, 192
 # cublasLtMatmulDescAttributes_t, cublasLtMatmulPreferenceAttributes_t, cublasComputeType_t, cudaDataType
 _TRANSA, _TRANSB, _EPILOGUE, _BIAS_POINTER, _AUX_POINTER, _AUX_LD = 3, 4, 7, 8, 11, 12
 _PREF_MAX_WORKSPACE = 1
@@ -153,7 +152,7 @@ class _Plan:
         _set(self.desc, _TRANSA, ctypes.c_int32(ta))
         _set(self.desc, _TRANSB, ctypes.c_int32(tb))
         _set(self.desc, _EPILOGUE, ctypes.c_uint32(epilogue))
-        if epilogue in (GELU_AUX, GELU_AUX_BIAS, DGELU, DGELU_BGRAD):
+        if epilogue in (GELU_AUX, GELU_AUX_BIAS, DGELU):
             _set(self.desc, _AUX_LD, ctypes.c_int64(m))
         self.set_pointers(*pointers)  # the heuristic reads their alignment
         self.a = _new(lib.cublasLtMatrixLayoutCreate, dt, ra, ca, lda)
@@ -214,8 +213,8 @@ _plans: dict[tuple, _Plan] = {}
 
 def matmul(a: Tensor, b: Tensor, epilogue: int = DEFAULT, bias: Optional[Tensor] = None,
            aux: Optional[Tensor] = None) -> Tensor:
-    """D = a @ b (M, N) with `epilogue`; `bias` (N,) is read (GELU_AUX_BIAS) or written
-    (DGELU_BGRAD, BGRADB); `aux` (M, N) contiguous is written (GELU_AUX*) or read (DGELU*)."""
+    """D = a @ b (M, N) with `epilogue`; `bias` (N,) is read (GELU_AUX_BIAS); `aux` (M, N)
+    contiguous is written (GELU_AUX*) or read (DGELU)."""
     (M, K), N = a.shape, b.shape[1]
     dtype = a.dtype
     if dtype not in _DTYPES or b.dtype != dtype or any(t is not None and t.dtype != dtype for t in (bias, aux)):
