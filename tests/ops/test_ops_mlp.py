@@ -177,8 +177,8 @@ def test_cublaslt_is_not_offered_without_triton(monkeypatch):
 
 @pytest.mark.parametrize("f", [2048, 6144, 8192])
 def test_column_sum_launches_one_wave(f):
-    """At most PROGRAMS_PER_SM programs a multiprocessor (an H100's 132): a 17th slab of the
-    1.3B MLP's 16384 x 8192 would run alone after the other 16."""
+    """At most PROGRAMS_PER_SM programs a multiprocessor (an H100's 132), so that none runs
+    alone in a second wave; the 256-column launch once started 544 for 16384 x 8192."""
     pytest.importorskip("triton")
     from portkit.ops import reduce_triton
     from portkit.ops._op import recording
