@@ -54,7 +54,8 @@ for name, attn in sides.items():
         def fb():
             x, y = run(attn); y.backward(dy)
         tot = timeit(fb); bwd = tot - fwd
-        print(f"{name:8s} fwd {fwd:.3f} ms ({flops/fwd/1e9:.0f} TF/s)  bwd {bwd:.3f} ms ({2.5*flops/bwd/1e9:.0f} TF/s)  fwd+bwd {tot:.3f}  rel err vs {list(sides)[0]} y {err[0]:.2e} dx {err[1]:.2e}")
+        print(f"{name:8s} fwd {fwd:.3f} ms ({flops/fwd/1e9:.0f} TF/s)  bwd {bwd:.3f} ms ({2.5*flops/bwd/1e9:.0f} TF/s)  "
+              f"fwd+bwd {tot:.3f}  rel err vs {list(sides)[0]} y {err[0]:.2e} dx {err[1]:.2e}")
     except Exception as e:
         print(name, "FAILED", repr(e)[:300])
 # the calls portkit's op would make: _flash_attn_fwd / _flash_attn_bwd, and the backward

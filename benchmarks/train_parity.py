@@ -11,6 +11,8 @@ from portkit.ops import registry
 from portkit.bench import train as bench
 dev = portkit.device()
 OUT = os.environ.get("OUT", "/tmp")
+ADAMW = dict(lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+ALL = ["portkit", "portkit-ref", "native-bf16", "native-eager", "native-owninit"]
 
 def batches(kind, p, B, T, steps):
     if kind == "repeat":
@@ -23,7 +25,7 @@ def batches(kind, p, B, T, steps):
 def build(v, p, seq):
     pk = bench.portkit_gpt(p, seq)
     if v in ("portkit", "portkit-ref", "portkit-compiled"):
-        m = pk.to(torch.bfloat16); opt = ops.FusedAdamW(m.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+        m = pk.to(torch.bfloat16); opt = ops.FusedAdamW(m.parameters(), **ADAMW)
         return m, (torch.compile(m) if v == "portkit-compiled" else m), opt, False
     with torch.device(dev):
         nat = bench.NativeGPT(p, seq)
@@ -31,8 +33,9 @@ def build(v, p, seq):
         nat.load_state_dict(bench.native_state(pk.state_dict(), p))
     del pk
     if v == "native-bf16":
-        nat = nat.to(torch.bfloat16); return nat, nat, ops.FusedAdamW(nat.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1), False
-    opt = torch.optim.AdamW(nat.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+        nat = nat.to(torch.bfloat16)
+        return nat, nat, ops.FusedAdamW(nat.parameters(), **ADAMW), False
+    opt = torch.optim.AdamW(nat.parameters(), **ADAMW, fused=True)
     return nat, (torch.compile(nat) if v == "native-compiled" else nat), opt, True
 
 def run(v, p, seq, B, kind, steps):
@@ -53,9 +56,10 @@ def run(v, p, seq, B, kind, steps):
     return out, grads
 
 res = {}
-plan = [("tiny", ["portkit", "portkit-ref", "native-bf16", "native-eager", "native-owninit"], ["repeat", "text"], 12)] if os.environ.get("TINY") else [("124m", ["portkit", "portkit-ref", "native-bf16", "native-eager", "native-owninit"], ["repeat", "text"], 40),
-        ("350m", ["portkit", "portkit-ref", "native-bf16", "native-eager", "native-owninit"], ["repeat", "text"], 30),
-        ("1.3b", ["portkit", "native-eager", "native-owninit"], ["repeat", "text"], 25)]
+plan = [("tiny", ALL, ["repeat", "text"], 12)] if os.environ.get("TINY") else [
+    ("124m", ALL, ["repeat", "text"], 40),
+    ("350m", ALL, ["repeat", "text"], 30),
+    ("1.3b", ["portkit", "native-eager", "native-owninit"], ["repeat", "text"], 25)]
 for name, variants, kinds, steps in plan:
     p = bench.PRESETS[name]
     for kind in kinds:
@@ -65,7 +69,8 @@ for name, variants, kinds, steps in plan:
             l, g = run(v, p, p.seq, p.batch, kind, steps)
             grads[v] = g
             res[f"{name}/{kind}/{v}"] = l
-            print(f"{name:5s} {kind:6s} {v:15s} {time.time()-t:5.1f}s  losses 0:{l[0]} 5:{l[5]} 10:{l[10]} -1:{l[-1]}  last5 {sum(l[-5:])/5:.4f}", flush=True)
+            print(f"{name:5s} {kind:6s} {v:15s} {time.time()-t:5.1f}s  "
+                  f"losses 0:{l[0]} 5:{l[5]} 10:{l[10]} -1:{l[-1]}  last5 {sum(l[-5:])/5:.4f}", flush=True)
         if "portkit-ref" in grads:
             a, b = grads["portkit"], grads["portkit-ref"]
             errs = sorted(((float((a[n]-b[n]).norm()/(b[n].norm()+1e-30)), n) for n in a), reverse=True)[:5]
