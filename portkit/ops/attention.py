@@ -10,7 +10,8 @@ Registry ops, scale the softmax scale:
 A backend's plugin serves them with its own flash-attention kernel; where none does,
 `causal_attention` is torch's scaled_dot_product_attention, which picks its own backend
 (cuDNN, flash, memory-efficient). The references below are plain fp32 math, the oracle of the
-tests and of conformance.
+tests and of conformance, taken BLOCK query rows at a time so that their memory grows with T,
+not T squared.
 """
 from __future__ import annotations
 
@@ -24,30 +25,44 @@ from portkit.ops import registry
 from portkit.ops._op import call, custom_op, pick, served_device, with_autograd
 
 
-def _scores(q: Tensor, k: Tensor, scale: float) -> Tensor:
+BLOCK = 1024  # query rows the references take at a time: scores of (B, H, BLOCK, T), never T x T
+
+
+def _blocks(T: int):
+    return [(i, min(i + BLOCK, T)) for i in range(0, T, BLOCK)]
+
+
+def _scores(q: Tensor, k: Tensor, scale: float, first: int) -> Tensor:
+    """Scaled scores of queries first.. against keys 0..first+len(q) (B, H, rows, keys), causal."""
     s = torch.einsum("bthd,bshd->bhts", q.float(), k.float()) * scale
-    causal = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
+    causal = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril(first)
     return s.masked_fill(~causal, float("-inf"))
 
 
 @registry.reference("causal_attention_fwd", unserved="torch sdpa")
 def causal_attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    s = _scores(q, k, scale)
-    lse = torch.logsumexp(s, -1)
-    out = torch.einsum("bhts,bshd->bthd", torch.exp(s - lse.unsqueeze(-1)), v.float())
-    return out.to(q.dtype), lse
+    out = q.new_empty(*q.shape[:3], v.shape[-1])
+    lse = torch.empty(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float32, device=q.device)
+    for i, j in _blocks(q.shape[1]):
+        s = _scores(q[:, i:j], k[:, :j], scale, i)
+        lse[:, :, i:j] = torch.logsumexp(s, -1)
+        out[:, i:j] = torch.einsum("bhts,bshd->bthd", torch.exp(s - lse[:, :, i:j, None]), v[:, :j].float())
+    return out, lse
 
 
 @registry.reference("causal_attention_bwd", unserved="torch sdpa")
 def causal_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float,
                          dq: Optional[Tensor] = None, dk: Optional[Tensor] = None,
                          dv: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
-    p = torch.exp(_scores(q, k, scale) - lse.unsqueeze(-1))
-    do = dout.float()
-    delta = (do * out.float()).sum(-1).transpose(1, 2)  # (B, H, T)
-    ds = p * (torch.einsum("bthd,bshd->bhts", do, v.float()) - delta.unsqueeze(-1)) * scale
-    grads = (torch.einsum("bhts,bshd->bthd", ds, k.float()), torch.einsum("bhts,bthd->bshd", ds, q.float()),
-             torch.einsum("bhts,bthd->bshd", p, do))
+    grads = [torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in (q, k, v)]
+    delta = (dout.float() * out.float()).sum(-1).transpose(1, 2)  # (B, H, T)
+    for i, j in _blocks(q.shape[1]):
+        p = torch.exp(_scores(q[:, i:j], k[:, :j], scale, i) - lse[:, :, i:j, None])
+        do = dout[:, i:j].float()
+        ds = p * (torch.einsum("bthd,bshd->bhts", do, v[:, :j].float()) - delta[:, :, i:j, None]) * scale
+        grads[0][:, i:j] = torch.einsum("bhts,bshd->bthd", ds, k[:, :j].float())
+        grads[1][:, :j] += torch.einsum("bhts,bthd->bshd", ds, q[:, i:j].float())
+        grads[2][:, :j] += torch.einsum("bhts,bthd->bshd", p, do)
     return tuple(g.to(t.dtype) if buf is None else buf.copy_(g)
                  for g, t, buf in zip(grads, (q, k, v), (dq, dk, dv)))
 

@@ -27,7 +27,10 @@ def _grads(fn, qkv, dy):
     return [y, *torch.autograd.grad(y, leaf, dy)[0].unbind(3)]
 
 
-def test_references_match_autograd_of_sdpa(close):
+@pytest.mark.parametrize("block", [1024, 4, 1])
+def test_references_match_autograd_of_sdpa(close, monkeypatch, block):
+    """In one block of query rows (T = 9) and in several: 4, 4 and 1 rows; nine of one."""
+    monkeypatch.setattr(attention, "BLOCK", block)
     qkv, dy = _qkv(dtype=torch.float64)
     q, k, v = qkv.unbind(3)
     out, lse = attention.causal_attention_fwd(q, k, v, 16 ** -0.5)
