@@ -17,16 +17,17 @@ in two ways, both reversible:
   Tensor.to/.cuda, nn.Module.to/.cuda, torch.Generator and torch.load(map_location=) maps
   to the backend's device type; torch.autocast / torch.amp / torch.cuda.amp (autocast,
   GradScaler, custom_fwd) take it too; init_process_group and new_group with 'nccl' take
-  the backend's communication library. On the host, pin_memory and record_stream are
-  no-ops, DDP drops CUDA device_ids and torch.device(int) is the host. An int where a
-  device is expected (`.to(rank)`, `.cuda(rank)`, device=rank, torch.device(rank)) means
-  'cuda:rank', as CUDA reads it.
+  the backend's communication library, and a gloo group lets gloo's threads finish at
+  exit. On the host, pin_memory and record_stream are no-ops, DDP drops CUDA device_ids
+  and torch.device(int) is the host. An int where a device is expected (`.to(rank)`,
+  `.cuda(rank)`, device=rank, torch.device(rank)) means 'cuda:rank', as CUDA reads it.
   Enable with `portkit.patching.enable("torch")` or `install()`; undo with `uninstall()`.
   Not covered: a torch.device('cuda') object compares unequal to the mapped device, and
   C++ code handed such an object unmapped (outside the calls above) still fails.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import types
@@ -166,6 +167,20 @@ def _nccl_mapping(fn, position: int):
     return mapped
 
 
+def _gloo_settles_at_exit(init):
+    """init_process_group that, when the group speaks gloo, releases it at exit while the
+    interpreter is whole (runtime.release_process_group says why gloo aborts otherwise)."""
+    @functools.wraps(init)
+    def run(*args, **kwargs):
+        group = init(*args, **kwargs)
+        dist = torch.distributed
+        if dist.is_initialized() and "gloo" in str(dist.get_backend()):
+            atexit.unregister(runtime.release_process_group)  # once a process, however many groups
+            atexit.register(runtime.release_process_group)
+        return group
+    return run
+
+
 def _set(owner: Any, name: str, value: Any) -> None:
     _STATE["saved"].append((owner, name, owner.__dict__.get(name, _MISSING)))
     setattr(owner, name, value)
@@ -303,7 +318,7 @@ def _redirect_devices(device_type: str) -> None:
         _redirect_host_only()
     if torch.distributed.is_available():
         dist = torch.distributed
-        _set(dist, "init_process_group", _nccl_mapping(dist.init_process_group, 0))
+        _set(dist, "init_process_group", _gloo_settles_at_exit(_nccl_mapping(dist.init_process_group, 0)))
         _set(dist, "new_group", _nccl_mapping(dist.new_group, 2))
 
 

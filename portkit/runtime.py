@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 
 import torch
 
@@ -142,13 +143,21 @@ def peak_bf16_tflops() -> float | None:
     return active().peak_bf16_tflops()
 
 
+GLOO_DRAIN_S = 0.05
+
+
 def release_process_group() -> None:
-    """Collect cyclic garbage, then destroy the process group if one is left. Framework objects in
-    reference cycles (engines, optimizers, a finished script's namespace with its DDP model) can
-    hold gloo work and tensors, and their release during interpreter finalization aborts the
-    process ('terminate called without an active exception'), also after the script destroyed
-    the group itself."""
+    """Collect cyclic garbage, destroy the process group if one is left, then give gloo's
+    threads the GIL for a moment. Two ways gloo aborts a process at interpreter finalization
+    ('terminate called without an active exception'), after the work and also after the script
+    destroyed the group itself: framework objects in reference cycles (engines, optimizers, a
+    finished script's namespace with its DDP model) holding gloo work and tensors; and a gloo
+    thread still destroying its last finished work, whose tensors have Python objects, waiting
+    for the GIL until finalization ends it. The second ended 13 of 30 runs of the DDP tutorial's
+    two spawned workers through `portkit exec` on a 2-core machine (torch 2.13), 0 of 30 with
+    this at exit (patches/torch_cuda.py registers it where a gloo group is made)."""
     gc.collect()
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    time.sleep(GLOO_DRAIN_S)

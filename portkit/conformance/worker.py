@@ -101,8 +101,7 @@ def main(argv: list[str]) -> int:
     rank = int(os.environ.get("RANK", "0"))
     checks = run(group)
     atomic.write(out / f"rank{rank}.json", json.dumps([dataclasses.asdict(c) for c in checks]))
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    portkit.runtime.release_process_group()
     return 0
 
 

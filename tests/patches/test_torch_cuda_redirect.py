@@ -122,3 +122,32 @@ def test_host_device_module_answers_the_calls_frameworks_make(fresh_runtime):
     assert cuda.is_current_stream_capturing() is False
     with pytest.raises(AttributeError, match="torch.cuda.CUDAGraph has no host counterpart"):
         cuda.CUDAGraph
+
+
+class AtExit:
+    """Stands for the atexit module: what is registered, with unregister as atexit's."""
+    def __init__(self):
+        self.calls = []
+
+    def register(self, fn):
+        self.calls.append(fn)
+
+    def unregister(self, fn):
+        self.calls = [f for f in self.calls if f is not fn]
+
+
+def test_a_gloo_group_is_released_at_exit_once_and_others_are_not(monkeypatch, tmp_path):
+    """gloo aborts a process at exit now and then (runtime.release_process_group says how):
+    every gloo group made through the redirection registers the release, once a process."""
+    dist, at_exit = torch.distributed, AtExit()
+    monkeypatch.setattr(torch_cuda, "atexit", at_exit)
+    init = torch_cuda._gloo_settles_at_exit(dist.init_process_group)
+    for attempt in range(2):
+        init("gloo", init_method=f"file://{tmp_path}/store{attempt}", rank=0, world_size=1)
+        dist.destroy_process_group()
+    assert at_exit.calls == [runtime.release_process_group]
+    at_exit.calls.clear()
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    torch_cuda._gloo_settles_at_exit(lambda *a, **k: None)("nccl")
+    assert at_exit.calls == []
