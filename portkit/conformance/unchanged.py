@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import runpy
 import sys
@@ -24,6 +25,7 @@ from portkit.conformance.mcore_reference import mcore_reference
 from portkit.conformance.multiprocess import NPROC, run_killable, tail, worker_env
 
 SCRIPTS = Path(__file__).parent / "scripts"
+EXIT_DRAIN = Path(__file__).parent / "exit_drain"  # its sitecustomize: gloo's threads finish before exit
 
 # train.py as an engineer edits it for the CPU (the reference of the tests and of this group).
 TRAIN_EDITS = [
@@ -136,8 +138,13 @@ def plain_cmd(path: Path, *args: str, nproc: int | None = None) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", str(path), *args]
 
 
-def losses_of(ctx: Context, cmd: list[str], log: Path) -> list[float]:
-    rc, text = run_killable(cmd, worker_env(ctx), ctx.timeout, log)
+def plain_env(env: dict[str, str]) -> dict[str, str]:
+    """env for a plain-torch reference: EXIT_DRAIN first on PYTHONPATH."""
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(EXIT_DRAIN), env.get("PYTHONPATH")]))}
+
+
+def losses_of(ctx: Context, cmd: list[str], log: Path, plain: bool = False) -> list[float]:
+    rc, text = run_killable(cmd, plain_env(worker_env(ctx)) if plain else worker_env(ctx), ctx.timeout, log)
     lines = [line for line in text.splitlines() if line.startswith("{")]
     if rc != 0 or not lines:
         why = "did not finish within {:.0f} s".format(ctx.timeout) if rc is None else f"exited {rc}"
@@ -146,12 +153,12 @@ def losses_of(ctx: Context, cmd: list[str], log: Path) -> list[float]:
 
 
 def reference_losses(ctx: Context, cmd: list[str], log: Path) -> list[float]:
-    """Losses of the plain-torch reference, run up to three times while it fails: two gloo
-    processes sharing two loaded cores abort at exit now and then (SIGABRT, torch alone; twice
-    in a row once). The backend's side is never run twice."""
+    """Losses of the plain-torch reference, with EXIT_DRAIN, run up to three times while it
+    fails: without the drain, two gloo processes sharing two loaded cores aborted at exit now
+    and then (SIGABRT, torch alone; twice in a row once). The backend's side is never run twice."""
     for attempt in range(3):
         try:
-            return losses_of(ctx, cmd, log.with_suffix(f".again{attempt}.log") if attempt else log)
+            return losses_of(ctx, cmd, log.with_suffix(f".again{attempt}.log") if attempt else log, plain=True)
         except RunFailed:
             if attempt == 2:
                 raise

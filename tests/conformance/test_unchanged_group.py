@@ -1,6 +1,9 @@
 """The `unchanged` conformance group on the cpu backend: the packaged CUDA-style scripts run
 through `portkit exec` / `portkit launch` with the losses of their hand edits for the CPU."""
 import collections
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 from portkit.backends.cpu import CPUBackend
@@ -83,3 +86,13 @@ def test_only_the_reference_runs_again_after_a_failure(tmp_path, monkeypatch):
     fail["portkit"] = 1
     check = unchanged.compare(ctx, "check", ["portkit"], ["reference"], 1e-4)
     assert not check.ok and "exited -6" in check.reason and runs == ["portkit"]
+
+
+
+def test_the_plain_reference_imports_the_exit_drain_and_not_portkit():
+    """Every interpreter a reference run starts (its spawned or torchrun workers inherit the
+    environment) registers the sleep at exit that keeps torch's gloo from aborting after the work."""
+    probe = "import sitecustomize, sys; print(sitecustomize.__file__, 'portkit' in sys.modules)"
+    env = unchanged.plain_env({k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == [str(unchanged.EXIT_DRAIN / "sitecustomize.py"), "False"], out.stderr

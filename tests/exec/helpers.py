@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from portkit.conformance.unchanged import SCRIPTS, hand_edited  # noqa: F401 (one copy, shipped with portkit)
+from portkit.conformance.unchanged import SCRIPTS, hand_edited, plain_env  # noqa: F401 (one copy, shipped with portkit)
 
 VENV_BIN = Path(sys.executable).parent
 BACKENDS = ["cpu", "testvendor"]  # the cpu backend and the test plugin's CPU stand-in
@@ -50,6 +50,8 @@ def portkit_launch(script: str, backend: str, nproc: int, *args: str, **extra: s
 
 
 def python(path: Path, *args: str, nproc: int = 1, **extra: str) -> subprocess.CompletedProcess:
+    """The script on plain torch, with conformance's exit drain (gloo's abort at exit, torch alone)."""
+    extra = {"PYTHONPATH": plain_env(dict(os.environ))["PYTHONPATH"], **extra}
     if nproc == 1:
         return run([sys.executable, str(path), *args], cwd=path.parent, **extra)
     return run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
