@@ -117,6 +117,7 @@ class _Distributed(Strategy):
             if backend.device_type != "cpu":
                 backend.set_device(self.local_rank)
             dist.init_process_group(portkit.dist_backend())
+            portkit.runtime.release_gloo_at_exit()
 
     def all_reduce_mean(self, values):
         if self.world == 1:

@@ -27,7 +27,6 @@ in two ways, both reversible:
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import types
@@ -167,16 +166,12 @@ def _nccl_mapping(fn, position: int):
     return mapped
 
 
-def _gloo_settles_at_exit(init):
-    """init_process_group that, when the group speaks gloo, releases it at exit while the
-    interpreter is whole (runtime.release_process_group says why gloo aborts otherwise)."""
+def _released_at_exit(init):
+    """init_process_group after which a gloo group is released at exit (runtime.release_gloo_at_exit)."""
     @functools.wraps(init)
     def run(*args, **kwargs):
         group = init(*args, **kwargs)
-        dist = torch.distributed
-        if dist.is_initialized() and "gloo" in str(dist.get_backend()):
-            atexit.unregister(runtime.release_process_group)  # once a process, however many groups
-            atexit.register(runtime.release_process_group)
+        runtime.release_gloo_at_exit()
         return group
     return run
 
@@ -318,7 +313,7 @@ def _redirect_devices(device_type: str) -> None:
         _redirect_host_only()
     if torch.distributed.is_available():
         dist = torch.distributed
-        _set(dist, "init_process_group", _gloo_settles_at_exit(_nccl_mapping(dist.init_process_group, 0)))
+        _set(dist, "init_process_group", _released_at_exit(_nccl_mapping(dist.init_process_group, 0)))
         _set(dist, "new_group", _nccl_mapping(dist.new_group, 2))
 
 

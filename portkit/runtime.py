@@ -6,6 +6,7 @@ can import portkit's base classes before any backend is chosen.
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 import time
@@ -143,21 +144,36 @@ def peak_bf16_tflops() -> float | None:
     return active().peak_bf16_tflops()
 
 
-GLOO_DRAIN_S = 0.05
+GLOO_DRAIN_S = 0.05  # portkit/conformance/exit_drain/sitecustomize.py sleeps as long (it cannot import this)
 
 
 def release_process_group() -> None:
-    """Collect cyclic garbage, destroy the process group if one is left, then give gloo's
-    threads the GIL for a moment. Two ways gloo aborts a process at interpreter finalization
-    ('terminate called without an active exception'), after the work and also after the script
-    destroyed the group itself: framework objects in reference cycles (engines, optimizers, a
-    finished script's namespace with its DDP model) holding gloo work and tensors; and a gloo
-    thread still destroying its last finished work, whose tensors have Python objects, waiting
-    for the GIL until finalization ends it. The second ended 13 of 30 runs of the DDP tutorial's
-    two spawned workers through `portkit exec` on a 2-core machine (torch 2.13), 0 of 30 with
-    this at exit (patches/torch_cuda.py registers it where a gloo group is made)."""
+    """Collect cyclic garbage, then destroy the process group if one is left. Framework objects in
+    reference cycles (engines, optimizers, a finished script's namespace with its DDP model) can
+    hold gloo work and tensors, and their release during interpreter finalization aborts the
+    process ('terminate called without an active exception'), also after the script destroyed
+    the group itself."""
     gc.collect()
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def release_gloo_at_exit() -> None:
+    """Where the process group speaks gloo, have the process, at exit and while the interpreter
+    is whole, release_process_group and then sleep GLOO_DRAIN_S; once a process, however many
+    groups. The sleep hands gloo's threads the GIL: one still destroying its last finished work,
+    whose tensors have Python objects, otherwise waits for the GIL until finalization ends it,
+    and the process aborts as above. That ended 13 of 30 runs of the DDP tutorial's two spawned
+    workers through `portkit exec` on a 2-core machine (torch 2.13); 0 of 30 with this.
+    Called wherever portkit makes a group: the redirected init_process_group
+    (patches/torch_cuda.py), the recipe's strategies and the conformance worker."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and "gloo" in str(dist.get_backend()):
+        atexit.unregister(_release_and_drain)
+        atexit.register(_release_and_drain)
+
+
+def _release_and_drain() -> None:
+    release_process_group()
     time.sleep(GLOO_DRAIN_S)

@@ -29,6 +29,7 @@ TIMEOUT = timedelta(seconds=120)
 def init(b: Backend) -> None:
     if not dist.is_initialized():
         dist.init_process_group(b.dist_backend, timeout=TIMEOUT)
+        portkit.runtime.release_gloo_at_exit()
 
 
 # -- collectives -------------------------------------------------------------------------
@@ -101,7 +102,8 @@ def main(argv: list[str]) -> int:
     rank = int(os.environ.get("RANK", "0"))
     checks = run(group)
     atomic.write(out / f"rank{rank}.json", json.dumps([dataclasses.asdict(c) for c in checks]))
-    portkit.runtime.release_process_group()
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return 0
 
 

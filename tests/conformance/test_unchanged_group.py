@@ -88,7 +88,6 @@ def test_only_the_reference_runs_again_after_a_failure(tmp_path, monkeypatch):
     assert not check.ok and "exited -6" in check.reason and runs == ["portkit"]
 
 
-
 def test_the_plain_reference_imports_the_exit_drain_and_not_portkit():
     """Every interpreter a reference run starts (its spawned or torchrun workers inherit the
     environment) registers the sleep at exit that keeps torch's gloo from aborting after the work."""

@@ -137,17 +137,17 @@ class AtExit:
 
 
 def test_a_gloo_group_is_released_at_exit_once_and_others_are_not(monkeypatch, tmp_path):
-    """gloo aborts a process at exit now and then (runtime.release_process_group says how):
+    """gloo aborts a process at exit now and then (runtime.release_gloo_at_exit says how):
     every gloo group made through the redirection registers the release, once a process."""
     dist, at_exit = torch.distributed, AtExit()
-    monkeypatch.setattr(torch_cuda, "atexit", at_exit)
-    init = torch_cuda._gloo_settles_at_exit(dist.init_process_group)
+    monkeypatch.setattr(runtime, "atexit", at_exit)
+    init = torch_cuda._released_at_exit(dist.init_process_group)
     for attempt in range(2):
         init("gloo", init_method=f"file://{tmp_path}/store{attempt}", rank=0, world_size=1)
         dist.destroy_process_group()
-    assert at_exit.calls == [runtime.release_process_group]
+    assert at_exit.calls == [runtime._release_and_drain]
     at_exit.calls.clear()
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
-    torch_cuda._gloo_settles_at_exit(lambda *a, **k: None)("nccl")
+    torch_cuda._released_at_exit(lambda *a, **k: None)("nccl")
     assert at_exit.calls == []
