@@ -10,18 +10,15 @@ import itertools
 
 import torch
 
+from portkit.bench.ops import BenchConfig, time_ms
 from portkit.ops import reduce_triton
 
 
-def ms(fn, x, reps: int = 50) -> float:
-    fn(x)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn(x)
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
+TIMING = BenchConfig(iters=50, warmup=1)  # bench ops' timing: the median of 50 calls
+
+
+def ms(fn, x) -> float:
+    return time_ms(lambda: fn(x), TIMING)
 
 
 def main() -> None:

@@ -12,9 +12,11 @@ import sys
 
 import torch
 
+from portkit.bench.ops import BenchConfig, time_ms
 from portkit.ops import cublaslt
 
 N, D, F = 16384, 2048, 8192
+TIMING = BenchConfig(iters=20, warmup=1)  # bench ops' timing: the median of 20 calls
 CONFIG = {"id": 0, "tile": 1, "splitk": 2, "stages": 6, "cluster": 8}  # cublasLtMatmulAlgoConfigAttributes_t
 
 
@@ -27,17 +29,6 @@ def describe(result) -> str:
         fn(ctypes.byref(result.algo), attr, ctypes.byref(value), ctypes.sizeof(value), ctypes.byref(written))
         out.append(f"{name} {value.value}")
     return ", ".join(out)
-
-
-def ms(fn, reps: int = 20) -> float:
-    fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
 
 
 def main() -> None:
@@ -53,7 +44,7 @@ def main() -> None:
                                lambda: torch.addmm(b1, x, w1.t())),
              "DGELU": (lambda: cublaslt.matmul(dy, w2, cublaslt.DGELU, None, z), lambda: dy @ w2)}
     for name, (fused, plain) in cases.items():
-        t = ms(plain)
+        t = time_ms(plain, TIMING)
         print(f"{name} torch without the epilogue: {t:.3f} ms, {tflops(t):.0f} TFLOP/s", flush=True)
         for count in counts:
             cublaslt.CANDIDATES = count
@@ -64,7 +55,7 @@ def main() -> None:
             per = [t / cublaslt.TUNE_REPEATS for t in plan.times]
             for i in sorted(range(len(per)), key=per.__getitem__):
                 print(f"  {per[i]:.3f} ms {tflops(per[i]):4.0f} TFLOP/s  {describe(plan.algos[i])}")
-            t = ms(fused)
+            t = time_ms(fused, TIMING)
             print(f"{name} asked {count}, chosen: {t:.3f} ms, {tflops(t):.0f} TFLOP/s", flush=True)
 
 
